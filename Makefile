@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[training,dev]'
 	touch $@
 
-# A General MIDI soundfont for rendering test and training music; sox-free.
+# General MIDI soundfonts for rendering test and training music, and mma for
+# style-labelled accompaniment. Needs root (or sudo) once.
 $(SYSDEPS):
 	mkdir -p .cache
-	if ! ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1; then \
+	if ! ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1 || ! command -v mma >/dev/null; then \
 	  (apt-get update -qq || sudo apt-get update -qq) && \
-	  (apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm || \
-	   sudo apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm); \
+	  (apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm mma || \
+	   sudo apt-get install -y -qq --no-install-recommends timgm6mb-soundfont fluid-soundfont-gm mma); \
 	fi
 	touch $@
 
