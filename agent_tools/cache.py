@@ -1,0 +1,152 @@
+"""Result cache: analyses keyed by audio content, answered from memory or disk.
+
+A key is (content sha256 of the analysed audio window, analysis kind, its
+parameters, code version), so the same audio sent as a path, a URL or a data
+URI hits the same entry, and a code change that alters results
+(`model.dsp.ANALYSIS_VERSION`) never serves stale answers. Entries live in an
+in-memory LRU and as JSON files under `<cache_dir>/<sha256[:2]>/<sha256>/`,
+which also lets a server list everything known about one recording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from model.dsp import ANALYSIS_VERSION
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def default_cache_dir() -> Path:
+    """`$TINYMU_CACHE_DIR`, else the user's cache folder (e.g. ~/.cache/tinymu/results)."""
+    if os.environ.get("TINYMU_CACHE_DIR"):
+        return Path(os.environ["TINYMU_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tinymu")) / "results"
+
+
+class CachedEntry(BaseModel):
+    """One stored analysis of a recording."""
+
+    kind: str
+    params: dict
+    version: str
+    result: dict
+
+
+class ResultCache:
+    """In-memory LRU in front of a JSON-file store; thread-safe. `directory=None` keeps it in memory only."""
+
+    def __init__(self, directory: str | Path | None = None, max_items: int = 256, version: str = ANALYSIS_VERSION):
+        self.directory = Path(directory).expanduser() if directory is not None else None
+        self.max_items = max_items
+        self.version = version
+        # key -> (sha256, CachedEntry metadata label, result); the label lets `analyses` list memory-only entries
+        self._memory: OrderedDict[str, tuple[str, str, BaseModel]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, kind: str, sha256: str, params: dict | None = None) -> str:
+        blob = json.dumps([self.version, kind, sha256, params or {}], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, kind: str, sha256: str, params: dict | None, model_cls: type[Model]) -> Model | None:
+        """The cached result, or None."""
+        key = self.key(kind, sha256, params)
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key][2].model_copy(deep=True)
+        path = self._path(kind, sha256, key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = CachedEntry.model_validate_json(path.read_text())
+            value = model_cls.model_validate(entry.result)
+        except (OSError, ValueError):
+            return None  # a damaged or outdated file is a miss; it is overwritten on the next put
+        self._remember(key, sha256, _label(kind, params), value)
+        return value.model_copy(deep=True)
+
+    def put(self, kind: str, sha256: str, params: dict | None, value: BaseModel) -> None:
+        key = self.key(kind, sha256, params)
+        self._remember(key, sha256, _label(kind, params), value.model_copy(deep=True))
+        path = self._path(kind, sha256, key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = CachedEntry(kind=kind, params=params or {}, version=self.version, result=value.model_dump(mode="json"))
+        # Write then rename, so a concurrent reader never sees half a file.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            tmp.write(entry.model_dump_json())
+        os.replace(tmp.name, path)
+
+    def get_or_compute(
+        self, kind: str, sha256: str, params: dict | None, model_cls: type[Model], compute: Callable[[], Model]
+    ) -> Model:
+        """The cached result, or `compute()` stored and returned."""
+        cached = self.get(kind, sha256, params, model_cls)
+        if cached is not None:
+            return cached
+        value = compute()
+        self.put(kind, sha256, params, value)
+        return value
+
+    def entries(self, sha256: str) -> list[CachedEntry]:
+        """Every stored analysis (of this code version) of the audio with this content hash."""
+        if self.directory is None:
+            return []
+        folder = self.directory / sha256[:2] / sha256
+        found = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                entry = CachedEntry.model_validate_json(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if entry.version == self.version:
+                found.append(entry)
+        return found
+
+    def analyses(self, sha256: str) -> dict[str, CachedEntry]:
+        """Every cached analysis of this audio, by label ('analysis', 'key', 'tempo {"x": 1}' ...)."""
+        found = {_label(e.kind, e.params): e for e in self.entries(sha256)}
+        with self._lock:
+            for sha, label, value in self._memory.values():
+                if sha == sha256 and label not in found:
+                    kind = label.split(" ", 1)[0]
+                    params = json.loads(label.split(" ", 1)[1]) if " " in label else {}
+                    found[label] = CachedEntry(kind=kind, params=params, version=self.version,
+                                               result=value.model_dump(mode="json"))
+        return found
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
+    def _remember(self, key: str, sha256: str, label: str, value: BaseModel) -> None:
+        with self._lock:
+            self._memory[key] = (sha256, label, value)
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.max_items:
+                self._memory.popitem(last=False)
+
+    def _path(self, kind: str, sha256: str, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        if not all(c in "0123456789abcdef" for c in sha256) or not kind.replace("_", "").isalnum():
+            raise ValueError("cache keys take a hex sha256 and an alphanumeric analysis kind")
+        return self.directory / sha256[:2] / sha256 / f"{kind}-{key}.json"
+
+
+def _label(kind: str, params: dict | None) -> str:
+    return f"{kind} {json.dumps(params, sort_keys=True)}" if params else kind

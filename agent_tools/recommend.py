@@ -1,0 +1,139 @@
+"""The recommendation and picture tools: clip attributes, folder index, similar clips, plot.
+
+The `MusicTools` methods `clip_attributes`, `index_folder`, `find_similar` and
+`plot_clip` are thin wrappers around the functions here (their docstrings are
+what agents read); this module holds their result schemas and the work.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from agent_tools.schemas import AudioInfo
+from agent_tools.similarity import (
+    IndexReport,
+    KeyMode,
+    Method,
+    SimilarResults,
+    TempoConstraint,
+    _embedding,
+    build_index,
+    clip_attributes_of,
+    load_index,
+    search,
+)
+from model.errors import InputError
+from model.features import ClipAttributes
+
+if TYPE_CHECKING:
+    from agent_tools.tools import MusicTools
+
+
+class AttributesReport(BaseModel):
+    """Recommendation attributes of a clip: tempo, key/mode, loudness, energy, danceability, tags."""
+
+    summary: str
+    audio: AudioInfo
+    attributes: ClipAttributes
+
+
+class ClipPlot(BaseModel):
+    """A PNG picture of the clip: spectrogram, chord segments, waveform with beats and downbeats."""
+
+    summary: str
+    audio: AudioInfo
+    image_file: str = Field(description="Where the PNG was saved (in the cache directory).")
+    width_px: int
+    height_px: int
+    beats: int = Field(description="Beats drawn.")
+    downbeats: int = Field(description="Downbeats (bar lines) drawn.")
+    chord_segments: int = Field(description="Chord segments drawn.")
+    png: bytes = Field(default=b"", exclude=True, repr=False, description="The PNG bytes (sent as image content, not as JSON).")
+
+    @property
+    def png_base64(self) -> str:
+        return base64.b64encode(self.png).decode()
+
+
+def attributes_report(toolbox: MusicTools, audio: str, offset_s: float, duration_s: float | None, with_tags: bool) -> AttributesReport:
+    clip, info = toolbox.load(audio, offset_s, duration_s)
+    attributes = clip_attributes_of(toolbox, clip, with_tags=with_tags)
+    return AttributesReport(summary=attributes.summary, audio=info, attributes=attributes)
+
+
+def index_report(toolbox: MusicTools, folder: str, with_embeddings: bool) -> IndexReport:
+    from agent_tools.tools import report_progress
+
+    _, report = build_index(toolbox, folder, with_embeddings=with_embeddings, progress=report_progress)
+    return report
+
+
+def similar_results(
+    toolbox: MusicTools,
+    audio: str,
+    folder: str,
+    k: int,
+    tempo: TempoConstraint | None,
+    key_mode: KeyMode | None,
+    method: Method,
+) -> SimilarResults:
+    from agent_tools.inputs import resolve_path
+
+    root = resolve_path(folder, toolbox.settings)
+    index = load_index(toolbox.settings.cache_dir, root)
+    if index is None:
+        raise InputError(f"{folder}: not indexed yet. Call index_folder with this folder first, then find_similar.")
+    clip, info = toolbox.load(audio)
+    query = clip_attributes_of(toolbox, clip, with_tags=False)
+    embedding = None
+    if method != "features" and index.embedding_model:
+        embedding, _, _ = _embedding(toolbox, clip)
+    used, candidates, results = search(
+        index, query, query_embedding=embedding, query_sha256=clip.sha256, k=k, tempo=tempo, key_mode=key_mode, method=method
+    )
+    constraints = [c for c in (tempo and f"tempo: {tempo} than the query", key_mode and f"{key_mode} key") if c]
+    if results:
+        best = results[0]
+        summary = (
+            f"{len(results)} of {candidates} matching clips; closest: {best.path} (similarity {best.similarity:.2f}; "
+            f"{best.why})."
+        )
+    else:
+        summary = (
+            f"No indexed clip in {root} meets the constraints ({', '.join(constraints) or 'none'}); "
+            "relax them or index more music."
+        )
+    return SimilarResults(
+        summary=summary, query=info.source, query_attributes=query, folder=str(root), method=used,
+        constraints=constraints, candidates=candidates, results=results,
+    )
+
+
+def clip_plot(toolbox: MusicTools, audio: str, offset_s: float, duration_s: float | None) -> ClipPlot:
+    from model.dsp_results import ClipAnalysis
+    from model.plot import plot_clip_png
+
+    clip, info = toolbox.load(audio, offset_s, duration_s)
+    analysis = toolbox._measure("analysis", clip, ClipAnalysis, lambda: toolbox.analyzer.analyze(clip))
+    # Analyses report file times; the picture shows the analysed window from 0.
+    shift = clip.offset_s
+    beats = [t - shift for t in analysis.beats.beats_s]
+    downbeats = [t - shift for t in analysis.beats.downbeats_s]
+    chords = [(s.start_s - shift, s.end_s - shift, s.label) for s in analysis.chords.segments]
+    title = f"{info.source}: {analysis.summary}"
+    if len(title) > 150:
+        title = title[:147] + "..."
+    dpi = 100
+    png = plot_clip_png(clip, beats=beats, downbeats=downbeats, chords=chords, title=title, dpi=dpi)
+    target = toolbox.settings.cache_dir / "plots" / f"{clip.sha256[:24]}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(png)
+    return ClipPlot(
+        summary=f"Plot of {info.source} ({clip.duration_s:.1f} s): {len(downbeats)} bars, {len(beats)} beats, "
+        f"{len(chords)} chord segments; saved to {target}.",
+        audio=info, image_file=str(target), width_px=13 * dpi, height_px=int(6.5 * dpi), beats=len(beats),
+        downbeats=len(downbeats), chord_segments=len(chords), png=png,
+    )

@@ -1,0 +1,441 @@
+"""The tool functions: one toolbox whose methods every front end (MCP, LangChain, CLI) calls.
+
+`MusicTools` holds what must exist once per process: the settings, the warm
+madmom processors (`MusicAnalyzer`), the result cache and the lazily loaded
+music-language model. Its public methods are the tools: flat, typed
+arguments whose descriptions and docstrings are what an agent's LLM reads.
+
+`TOOL_SPECS` lists them with their behaviour hints; the MCP server and the
+LangChain toolkit both iterate it, so a tool is defined exactly once.
+
+Every method is synchronous and may block for seconds (decoding, madmom, the
+model): front ends run them in worker threads. Long calls report progress
+through `progress_callback`, a context variable a front end may set.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+
+from agent_tools.cache import ResultCache
+from agent_tools.config import Settings
+from agent_tools.inputs import resolve_audio
+from agent_tools.router import route
+from agent_tools.recommend import (
+    AttributesReport,
+    ClipPlot,
+    attributes_report,
+    clip_plot,
+    index_report,
+    similar_results,
+)
+from agent_tools.similarity import IndexReport, KeyMode, Method, SimilarResults, TempoConstraint
+from agent_tools.schemas import (
+    UNTRAINED_WARNING,
+    AudioInfo,
+    BeatsReport,
+    ChordsReport,
+    ClipReport,
+    KeyReport,
+    ModelAnswer,
+    ModelBackend,
+    MultipleChoice,
+    MusicCaption,
+    OptionProbability,
+    RoutedAnswer,
+    TempoReport,
+)
+from model.audio import MODEL_RATE, AudioClip, load_audio
+from model.dsp import MusicAnalyzer, default_analyzer
+from model.dsp_results import BeatsResult, ChordsResult, ClipAnalysis, KeyResult, TempoResult
+from model.errors import InputError, ModelServiceError, ModelUnavailableError
+
+# --- argument types shared by the tools (their descriptions reach the agent's LLM) ---
+
+Audio = Annotated[
+    str,
+    Field(
+        description=(
+            "The audio to analyse: an absolute file path under the server's allowed folders "
+            "(or a path relative to the first allowed folder), a data:audio/<format>;base64,<data> URI, "
+            "or an https:// URL if the server allows URLs. wav, flac, ogg and mp3 are supported."
+        )
+    ),
+]
+Offset = Annotated[
+    float, Field(ge=0, description="Start of the window to analyse, in seconds from the start of the file.")
+]
+Duration = Annotated[
+    float | None,
+    Field(gt=0, description="Length of the window in seconds; omit to analyse to the end. Use it for long files."),
+]
+Question = Annotated[str, Field(min_length=1, description="A question about the music, in plain language.")]
+Options = Annotated[
+    list[str], Field(min_length=2, max_length=10, description="The answer options (2 to 10), in order.")
+]
+
+ProgressCallback = Callable[[float, float, str], None]
+progress_callback: contextvars.ContextVar[ProgressCallback | None] = contextvars.ContextVar(
+    "progress_callback", default=None
+)
+
+
+def report_progress(done: float, total: float, message: str) -> None:
+    """Tell the front end how far the current call is (no-op when nobody listens)."""
+    callback = progress_callback.get()
+    if callback is not None:
+        callback(done, total, message)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """How a front end should expose one `MusicTools` method.
+
+    read_only / idempotent: the tool changes nothing and the same call gives the same result.
+    reads_audio: the tool takes an `audio` argument, so it may fetch URLs when the server allows them
+    (the MCP open-world hint is `reads_audio and settings.allow_urls`).
+    uses_model: needs the music-language model (fails with ModelUnavailableError without one).
+    """
+
+    name: str
+    title: str
+    read_only: bool = True
+    idempotent: bool = True
+    reads_audio: bool = True
+    uses_model: bool = False
+
+    def bind(self, tools: MusicTools) -> Callable:
+        return getattr(tools, self.name)
+
+    def open_world(self, settings: Settings) -> bool:
+        return self.reads_audio and settings.allow_urls
+
+
+TOOL_SPECS: list[ToolSpec] = [
+    ToolSpec("analyze_clip", "Analyse a music clip (tempo, beats, meter, key, chords)"),
+    ToolSpec("estimate_tempo", "Estimate tempo (BPM)"),
+    ToolSpec("track_beats", "Track beats, downbeats and meter"),
+    ToolSpec("detect_key", "Detect the musical key"),
+    ToolSpec("recognize_chords", "Recognise chords"),
+    ToolSpec("ask_about_music", "Ask the music-language model about a clip", uses_model=True),
+    ToolSpec("describe_music", "Describe a clip in words", uses_model=True),
+    ToolSpec("choose_answer", "Answer a multiple-choice question about a clip", uses_model=True),
+    ToolSpec("answer_music_question", "Answer any music question (routed to DSP or the model)", uses_model=True),
+    # recommendation and pictures (agent_tools/recommend.py, agent_tools/similarity.py)
+    ToolSpec("clip_attributes", "Recommendation attributes (tempo, key, loudness, energy, danceability, tags)"),
+    ToolSpec("index_folder", "Index a folder of music for similarity search", read_only=False, reads_audio=False),
+    ToolSpec("find_similar", "Find indexed clips similar to a clip, with constraints"),
+    ToolSpec("plot_clip", "Draw a clip: spectrogram, chords, beats and downbeats"),
+]
+
+
+class MusicTools:
+    """The toolbox: one per process, safe to call from several threads at once."""
+
+    def __init__(self, settings: Settings | None = None, *, analyzer: MusicAnalyzer | None = None, model=None):
+        self.settings = settings or Settings.from_env()
+        self.cache = ResultCache(self.settings.cache_dir)
+        self._analyzer = analyzer
+        self._model = model
+        self._model_lock = threading.Lock()
+
+    # --- shared plumbing -------------------------------------------------------------
+
+    @property
+    def analyzer(self) -> MusicAnalyzer:
+        """The madmom processors: the process-wide analyzer unless one was given."""
+        if self._analyzer is None:
+            self._analyzer = default_analyzer()
+        return self._analyzer
+
+    @property
+    def model(self):
+        """The music-language model (embedded, or the remote service when TINYMU_URL is set), loaded once."""
+        with self._model_lock:
+            if self._model is None:
+                if self.settings.model_url:
+                    from model.client import RemoteMusicLM
+
+                    self._model = RemoteMusicLM(self.settings.model_url, token=self.settings.model_token)
+                else:
+                    from model.engine import load_model
+
+                    self._model = load_model()
+            return self._model
+
+    def load(self, audio: str, offset_s: float = 0.0, duration_s: float | None = None) -> tuple[AudioClip, AudioInfo]:
+        """Resolve and decode the `audio` argument of a call: the clip and what it is."""
+        report_progress(0, 3, "fetching audio")
+        resolved = resolve_audio(audio, self.settings)
+        report_progress(1, 3, "decoding audio")
+        clip = load_audio(resolved.source, offset_s=offset_s, duration_s=duration_s, limits=self.settings.audio_limits)
+        if clip.is_silent:
+            # The DSP would only report "nothing found"; telling the agent plainly lets it fix the call.
+            raise InputError(
+                f"{resolved.label}: the analysed window ({clip.offset_s:.1f}-{clip.offset_s + clip.duration_s:.1f} s) "
+                f"is silent (peak {20 * np.log10(max(clip.peak, 1e-12)):.0f} dBFS), so there is no tempo, key or "
+                "chords to measure. Check the file, or choose another offset_s/duration_s."
+            )
+        return clip, AudioInfo.from_clip(clip, resolved.label)
+
+    def _measure(self, kind: str, clip: AudioClip, result_cls, compute: Callable):
+        """A DSP result from the cache, or computed (and cached) now."""
+        report_progress(2, 3, f"measuring {kind}")
+        # Results carry file times, so a window's offset is part of the key.
+        params = {"offset_s": round(clip.offset_s, 3)} if clip.offset_s else {}
+        result = self.cache.get_or_compute(kind, clip.sha256, params, result_cls, compute)
+        report_progress(3, 3, "done")
+        return result
+
+    # --- DSP tools ---------------------------------------------------------------------
+
+    def analyze_clip(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> ClipReport:
+        """Measure everything the DSP knows about a music clip in one call: tempo (BPM), beats,
+        downbeats and meter (e.g. 3/4 or 4/4), key (e.g. A minor) and timed chords (e.g. A:min F:maj C:maj G:maj).
+
+        Use it first for any question about how a piece is built, or when you need several of these facts;
+        it costs about as much as two single measurements, and its result is cached by content.
+        Prefer a single tool (estimate_tempo, detect_key, ...) when only one fact is needed. For
+        instruments, genre, mood or a description use describe_music or ask_about_music instead.
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        analysis = self._measure("analysis", clip, ClipAnalysis, lambda: self.analyzer.analyze(clip))
+        return ClipReport(summary=analysis.summary, audio=info, analysis=analysis)
+
+    def estimate_tempo(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> TempoReport:
+        """Estimate the tempo in beats per minute (BPM), with a confidence and the half/double-tempo
+        alternatives a listener might also report.
+
+        Use it for "how fast", "what BPM", "is it slow/fast". For beat positions, downbeats or
+        the time signature use track_beats; for everything at once use analyze_clip.
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        tempo = self._measure("tempo", clip, TempoResult, lambda: self.analyzer.tempo(clip))
+        return TempoReport(summary=tempo.summary, audio=info, tempo=tempo)
+
+    def track_beats(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> BeatsReport:
+        """Find the beat times, the downbeats (first beat of each bar) and the meter (3/4 or 4/4), in seconds.
+
+        Use it to align things to the music, count bars, or tell a waltz (3/4) from common time (4/4).
+        For just the BPM use estimate_tempo.
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        beats = self._measure("beats", clip, BeatsResult, lambda: self.analyzer.beats(clip))
+        return BeatsReport(summary=beats.summary, audio=info, beats=beats)
+
+    def detect_key(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> KeyReport:
+        """Detect the musical key (tonic and major/minor mode) with a confidence and the runners-up.
+
+        Use it for "what key", "major or minor", transposition and harmonic-mixing questions.
+        For the chords themselves use recognize_chords.
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        key = self._measure("key", clip, KeyResult, lambda: self.analyzer.key(clip))
+        return KeyReport(summary=key.summary, audio=info, key=key)
+
+    def recognize_chords(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> ChordsReport:
+        """Recognise the chords: timed segments with Harte labels (A:min, F#:maj, N = no chord) and a
+        compact summary of the progression (e.g. the repeating loop).
+
+        Use it for "what chords", "chord progression", "harmony", or to play along.
+        For the overall key use detect_key.
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        chords = self._measure("chords", clip, ChordsResult, lambda: self.analyzer.chords(clip))
+        return ChordsReport(summary=chords.summary, audio=info, chords=chords)
+
+    # --- model tools -------------------------------------------------------------------
+
+    def _backend(self) -> ModelBackend:
+        info = self.model.info()
+        return ModelBackend(
+            name=info.name,
+            checkpoint=getattr(info, "checkpoint", None),
+            remote=bool(getattr(info, "remote", False) or self.settings.model_url),
+            trained=info.trained,
+        )
+
+    def _model_audio(self, audio: str, offset_s: float, duration_s: float | None):
+        """The clip at the model's sample rate, the model and its backend description."""
+        model = self.model  # fail fast, before decoding, when there is no model
+        backend = self._backend()
+        clip, info = self.load(audio, offset_s, duration_s)
+        report_progress(2, 3, "listening (music-language model)")
+        return clip.resampled(MODEL_RATE).samples, info, model, backend
+
+    def ask_about_music(
+        self, audio: Audio, question: Question, offset_s: Offset = 0.0, duration_s: Duration = None
+    ) -> ModelAnswer:
+        """Ask the music-language model (TinyMU) a free-form question about the clip and get a short answer.
+
+        Good for what the DSP cannot measure: instruments, timbre, genre, mood, production, what happens
+        in the music. For tempo, key, chords, beats or meter the DSP tools are exact: use them (or
+        answer_music_question, which picks the right backend by itself).
+        """
+        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        answer = model.answer(samples, question).strip()
+        report_progress(3, 3, "done")
+        warning = None if backend.trained else UNTRAINED_WARNING
+        summary = answer if backend.trained else f"(untrained model) {answer}"
+        return ModelAnswer(
+            summary=summary, audio=info, question=question, answer=answer,
+            backend=backend, trained=backend.trained, warning=warning,
+        )
+
+    def describe_music(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> MusicCaption:
+        """Describe the clip in a sentence or two: genre, instruments, mood, tempo feel (a caption).
+
+        Use it for "what does this sound like", tagging, or to summarise a track for a listener.
+        For exact numbers (BPM, key, chords) use the DSP tools.
+        """
+        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        caption = model.caption(samples).strip()
+        report_progress(3, 3, "done")
+        return MusicCaption(
+            summary=caption if backend.trained else f"(untrained model) {caption}",
+            audio=info, caption=caption, backend=backend, trained=backend.trained,
+            warning=None if backend.trained else UNTRAINED_WARNING,
+        )
+
+    def choose_answer(
+        self,
+        audio: Audio,
+        question: Question,
+        options: Options,
+        offset_s: Offset = 0.0,
+        duration_s: Duration = None,
+    ) -> MultipleChoice:
+        """Answer a multiple-choice question about the clip: the model scores every option and picks one.
+
+        Returns the chosen option and each option's probability (they sum to 1), so you can see how sure
+        it is. Use it for classification with known labels ("Is the lead a piano, a guitar or a violin?",
+        "Which mood fits best?"). Options are labelled A, B, C... in the order given.
+        """
+        if len({o.strip().lower() for o in options}) != len(options) or any(not o.strip() for o in options):
+            raise InputError("options must be non-empty and distinct; give 2 to 10 different answers.")
+        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        choice = model.choose(samples, question, options)
+        report_progress(3, 3, "done")
+        if choice.index is None or not choice.probabilities:
+            raise ModelServiceError("The model did not score the options; try again or rephrase the question.")
+        letters = [chr(ord("A") + i) for i in range(len(options))]
+        probabilities = [float(p) for p in choice.probabilities]
+        chosen = options[choice.index]
+        summary = f"({letters[choice.index]}) {chosen} with probability {probabilities[choice.index]:.2f}"
+        return MultipleChoice(
+            summary=summary if backend.trained else f"(untrained model) {summary}",
+            audio=info, question=question, choice=chosen, choice_letter=letters[choice.index],
+            choice_index=choice.index,
+            options=[OptionProbability(letter=l, option=o, probability=p) for l, o, p in zip(letters, options, probabilities)],
+            backend=backend, trained=backend.trained,
+            warning=None if backend.trained else UNTRAINED_WARNING,
+        )
+
+    # --- routed questions ----------------------------------------------------------------
+
+    def answer_music_question(
+        self, audio: Audio, question: Question, offset_s: Offset = 0.0, duration_s: Duration = None
+    ) -> RoutedAnswer:
+        """Answer any question about a music clip, choosing the backend by itself: tempo, key, chords,
+        beats and meter are measured with DSP (exact); instruments, genre, mood and descriptions go to the
+        music-language model; mixed questions get both.
+
+        The result says which backend answered, why, and the evidence (e.g. the measured BPM).
+        Use it when unsure which tool fits; call a specific tool when you know what you need.
+        """
+        decision = route(question)
+        clip, info = self.load(audio, offset_s, duration_s)
+        measured: dict[str, object] = {}
+        evidence: list[str] = []
+        if decision.dsp:
+            analysis = self._measure("analysis", clip, ClipAnalysis, lambda: self.analyzer.analyze(clip))
+            for name in decision.dsp:
+                result = getattr(analysis, name)
+                measured[name] = result
+                evidence.append(f"{name}: {result.summary}")
+        model_answer = None
+        warning = None
+        if decision.uses_model:
+            try:
+                model_answer = self.ask_about_music(audio, question, offset_s, duration_s)
+                evidence.append(f"model ({model_answer.backend.name}): {model_answer.answer}")
+                warning = model_answer.warning
+            except ModelUnavailableError as exc:
+                if not decision.dsp:
+                    raise
+                warning = f"The music-language model could not answer the descriptive part: {exc}"
+        backends = (["dsp"] if decision.dsp else []) + (["model"] if model_answer else [])
+        summary = " ".join(e.split(": ", 1)[1] for e in evidence)
+        return RoutedAnswer(
+            summary=summary, audio=info, question=question, backends=backends, reason=decision.reason,
+            evidence=evidence, model_answer=model_answer, warning=warning, **measured,
+        )
+
+    # --- recommendation and pictures ------------------------------------------------------
+
+    def clip_attributes(
+        self,
+        audio: Audio,
+        offset_s: Offset = 0.0,
+        duration_s: Duration = None,
+        with_tags: Annotated[bool, Field(description="Also ask the music-language model for genre, mood and "
+                                          "instrument tags (slower; skipped with a note when no model is available).")] = False,
+    ) -> AttributesReport:
+        """Measure the attributes music-recommendation systems use (like Spotify's audio-features): tempo (BPM),
+        key and mode, integrated loudness (LUFS), energy (0-1), danceability (0-1), rhythmic strength (0-1),
+        brightness and the pitch-class profile; optionally genre/mood/instrument tags from the model.
+
+        Use it to describe a track for a playlist or recommendation, or to compare tracks by numbers. Every
+        field's definition and range is in the result schema. For chords or beat times use the DSP tools.
+        """
+        return attributes_report(self, audio, offset_s, duration_s, with_tags)
+
+    def index_folder(
+        self,
+        folder: Annotated[str, Field(description="A folder under the allowed roots; its audio files "
+                                      "(and those of its subfolders) are indexed.")],
+        with_embeddings: Annotated[bool, Field(description="Also store the model's audio embeddings "
+                                                "(slower; used for similarity when the model is trained).")] = False,
+    ) -> IndexReport:
+        """Analyse every audio file in a folder once (tempo, key, energy, danceability, loudness, timbre, chroma)
+        and store the results as a searchable index, so find_similar can recommend tracks from it.
+
+        Call it once per folder before find_similar, and again after files were added or changed (unchanged
+        files are reused, so re-indexing is cheap). Takes a few seconds per 30 s clip; reports progress.
+        """
+        return index_report(self, folder, with_embeddings)
+
+    def find_similar(
+        self,
+        audio: Audio,
+        folder: Annotated[str, Field(description="The folder indexed with index_folder to search in.")],
+        k: Annotated[int, Field(ge=1, le=50, description="How many clips to return.")] = 5,
+        tempo: Annotated[TempoConstraint | None, Field(description="'faster' or 'slower' than the query "
+                                                        "(by at least 4 %), or 'similar' (within 8 %).")] = None,
+        key_mode: Annotated[KeyMode | None, Field(description="Only clips in a 'major' or a 'minor' key.")] = None,
+        method: Annotated[Method, Field(description="'features' (tempo, key, energy, loudness, timbre, chroma), "
+                                         "'embedding' (model embeddings) or 'auto'.")] = "auto",
+    ) -> SimilarResults:
+        """Recommend clips from an indexed folder that sound like the query clip, optionally constrained:
+        "like X but faster" (tempo='faster'), "like X but in a minor key" (key_mode='minor'), or both.
+
+        Returns the closest clips with a similarity (0-1) and why each matches (tempo change, key, energy).
+        Run index_folder on the folder first.
+        """
+        return similar_results(self, audio, folder, k, tempo, key_mode, method)
+
+    def plot_clip(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> ClipPlot:
+        """Draw a picture (PNG) of the clip: mel spectrogram, the chord segments as a labelled strip, and the
+        waveform with beats (grey) and downbeats (red bar lines).
+
+        Use it when a person wants to see the structure of a track. The image is returned as image content
+        and saved in the cache directory; the numbers behind it come from analyze_clip.
+        """
+        return clip_plot(self, audio, offset_s, duration_s)

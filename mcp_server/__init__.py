@@ -1,0 +1,1 @@
+"""The TinyMU MCP server: the agent_tools registry over stdio or streamable HTTP."""

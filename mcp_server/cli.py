@@ -1,0 +1,121 @@
+"""`tinymu-mcp` (also `python -m mcp_server` and `tinymu serve mcp`): run the MCP server.
+
+stdio by default, for clients that start the server themselves (Claude Desktop,
+Claude Code, VS Code, Cursor). `--http` serves streamable HTTP at
+http://HOST:PORT/mcp instead. Logs go to stderr; nothing but the protocol ever
+reaches stdout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent_tools.config import Settings
+
+log = logging.getLogger("tinymu.mcp")
+
+DEFAULT_TOKEN_ENV = "TINYMU_MCP_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    roots: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--roots",
+            help="Folder whose audio files the tools may read; repeat it, or join folders with the OS path "
+            "separator. Default: the directory the server is started in.",
+        ),
+    ] = None,
+    allow_urls: Annotated[
+        bool, typer.Option("--allow-urls", help="Let tools fetch https:// URLs (public addresses only).")
+    ] = False,
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP (endpoint /mcp) instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="HTTP bind address; non-loopback addresses require a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    token_env: Annotated[
+        str,
+        typer.Option(help="Environment variable holding the bearer token HTTP clients must send."),
+    ] = DEFAULT_TOKEN_ENV,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where cached analyses are stored.")] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra Host header accepted over HTTP (DNS-rebinding protection), e.g. 'music.lan:*'; repeatable."
+        ),
+    ] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Tool calls running at once.")] = None,
+    call_timeout: Annotated[float | None, typer.Option(help="Per-call timeout in seconds.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+) -> None:
+    """Run the TinyMU MCP server (stdio by default; --http for streamable HTTP)."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    token = os.environ.get(token_env) or None
+    if http and not is_loopback(host) and not token:
+        typer.echo(
+            f"Refusing to serve on {host} without a token: anyone on the network could use the server. "
+            f"Set a bearer token in ${token_env} (or pick the variable with --token-env), or bind 127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from mcp_server.server import build_server
+
+    split_roots = tuple(Path(p) for root in roots or () for p in str(root).split(os.pathsep) if p)
+    settings = Settings.from_env().with_overrides(
+        roots=split_roots or None,
+        allow_urls=allow_urls or None,
+        cache_dir=cache_dir,
+        max_concurrency=max_concurrency,
+        call_timeout_s=call_timeout,
+    )
+    for root in settings.allowed_roots():
+        if not root.is_dir():
+            typer.echo(f"--roots: {root} is not a directory.", err=True)
+            raise typer.Exit(code=2)
+
+    server = build_server(settings, token=token if http else None, public_url=f"http://{host}:{port}")
+    # Load the madmom processors in the background so the first tool call does not pay for it
+    # and the client's initialize handshake is answered at once.
+    threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True).start()
+    log.info("roots: %s; urls %s", ", ".join(map(str, settings.allowed_roots())), "on" if settings.allow_urls else "off")
+
+    if not http:
+        server.run()
+        return
+    loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    own = [] if host in ("0.0.0.0", "::") else [f"{host}:*" if ":" not in host else f"[{host}]:*"]
+    hosts = list(dict.fromkeys([*loopback, *own, *(allowed_host or [])]))
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"http://{h.replace(':*', '')}:*" for h in hosts],
+    )
+    typer.echo(f"TinyMU MCP server on http://{host}:{port}/mcp (auth: {'bearer token' if token else 'none'})", err=True)
+    server.run(transport="streamable-http", host=host, port=port, transport_security=security)
+
+
+def main() -> None:
+    typer.run(serve)
+
+
+if __name__ == "__main__":
+    main()

