@@ -58,6 +58,19 @@ def _artifact(result: BaseModel) -> dict[str, Any]:
     return result.model_dump(mode="json", exclude=set(BINARY_FIELDS) & set(type(result).model_fields))
 
 
+def _explain_invalid_arguments(name: str):
+    """A handler that tells the agent which argument was wrong and how (instead of a bare 'validation error')."""
+
+    def explain(error) -> str:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e.get('loc', ())) or 'arguments'}: {e.get('msg', 'invalid')}"
+            for e in error.errors()
+        )
+        return f"Invalid arguments for {name}: {problems}. Fix them and call {name} again."
+
+    return explain
+
+
 def as_langchain_tool(spec: ToolSpec, toolbox: MusicTools) -> StructuredTool:
     """One registry entry as a LangChain tool (sync and async; content = summary, artifact = full result)."""
     method = spec.bind(toolbox)
@@ -82,7 +95,7 @@ def as_langchain_tool(spec: ToolSpec, toolbox: MusicTools) -> StructuredTool:
         args_schema=_args_schema(spec, method),
         response_format="content_and_artifact",
         handle_tool_error=True,
-        handle_validation_error=True,
+        handle_validation_error=_explain_invalid_arguments(spec.name),
         metadata={"title": spec.title, "read_only": spec.read_only, "uses_model": spec.uses_model},
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from agent_tools.schemas import AudioInfo
 from agent_tools.similarity import (
@@ -51,11 +51,16 @@ class ClipPlot(BaseModel):
     beats: int = Field(description="Beats drawn.")
     downbeats: int = Field(description="Downbeats (bar lines) drawn.")
     chord_segments: int = Field(description="Chord segments drawn.")
-    png: bytes = Field(default=b"", exclude=True, repr=False, description="The PNG bytes (sent as image content, not as JSON).")
+    # The PNG bytes travel beside the JSON (MCP image content, LangChain artifact), never inside it.
+    _png: bytes = PrivateAttr(default=b"")
+
+    @property
+    def png(self) -> bytes:
+        return self._png
 
     @property
     def png_base64(self) -> str:
-        return base64.b64encode(self.png).decode()
+        return base64.b64encode(self._png).decode()
 
 
 def attributes_report(toolbox: MusicTools, audio: str, offset_s: float, duration_s: float | None, with_tags: bool) -> AttributesReport:
@@ -65,9 +70,16 @@ def attributes_report(toolbox: MusicTools, audio: str, offset_s: float, duration
 
 
 def index_report(toolbox: MusicTools, folder: str, with_embeddings: bool) -> IndexReport:
-    from agent_tools.tools import report_progress
+    from agent_tools.tools import progress_callback
 
-    _, report = build_index(toolbox, folder, with_embeddings=with_embeddings, progress=report_progress)
+    # Report one step per file; silence the per-call steps of the analyses inside, which would
+    # otherwise make the client's progress bar jump back and forth.
+    outer = progress_callback.get()
+    token = progress_callback.set(None)
+    try:
+        _, report = build_index(toolbox, folder, with_embeddings=with_embeddings, progress=outer)
+    finally:
+        progress_callback.reset(token)
     return report
 
 
@@ -123,17 +135,23 @@ def clip_plot(toolbox: MusicTools, audio: str, offset_s: float, duration_s: floa
     beats = [t - shift for t in analysis.beats.beats_s]
     downbeats = [t - shift for t in analysis.beats.downbeats_s]
     chords = [(s.start_s - shift, s.end_s - shift, s.label) for s in analysis.chords.segments]
-    title = f"{info.source}: {analysis.summary}"
-    if len(title) > 150:
-        title = title[:147] + "..."
+    facts = [
+        f"{analysis.tempo.bpm:.0f} BPM" if analysis.tempo.bpm else "no steady tempo",
+        analysis.key.key or "no clear key",
+        f"{analysis.beats.meter} meter" if analysis.beats.meter else "",
+    ]
+    name = info.source if info.source.startswith("data URI") else info.source.rsplit("/", 1)[-1]
+    title = f"{name}  -  " + ", ".join(f for f in facts if f)
     dpi = 100
     png = plot_clip_png(clip, beats=beats, downbeats=downbeats, chords=chords, title=title, dpi=dpi)
     target = toolbox.settings.cache_dir / "plots" / f"{clip.sha256[:24]}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(png)
-    return ClipPlot(
+    result = ClipPlot(
         summary=f"Plot of {info.source} ({clip.duration_s:.1f} s): {len(downbeats)} bars, {len(beats)} beats, "
         f"{len(chords)} chord segments; saved to {target}.",
         audio=info, image_file=str(target), width_px=13 * dpi, height_px=int(6.5 * dpi), beats=len(beats),
-        downbeats=len(downbeats), chord_segments=len(chords), png=png,
+        downbeats=len(downbeats), chord_segments=len(chords),
     )
+    result._png = png
+    return result

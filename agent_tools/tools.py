@@ -55,7 +55,7 @@ from agent_tools.schemas import (
 from model.audio import MODEL_RATE, AudioClip, load_audio
 from model.dsp import MusicAnalyzer, default_analyzer
 from model.dsp_results import BeatsResult, ChordsResult, ClipAnalysis, KeyResult, TempoResult
-from model.errors import InputError, ModelServiceError, ModelUnavailableError
+from model.errors import BackendError, InputError, ModelServiceError
 
 # --- argument types shared by the tools (their descriptions reach the agent's LLM) ---
 
@@ -163,7 +163,11 @@ class MusicTools:
                 if self.settings.model_url:
                     from model.client import RemoteMusicLM
 
-                    self._model = RemoteMusicLM(self.settings.model_url, token=self.settings.model_token)
+                    self._model = RemoteMusicLM(
+                        self.settings.model_url,
+                        token=self.settings.model_token,
+                        timeout_s=min(60.0, self.settings.call_timeout_s),
+                    )
                 else:
                     from model.engine import load_model
 
@@ -367,7 +371,7 @@ class MusicTools:
                 model_answer = self.ask_about_music(audio, question, offset_s, duration_s)
                 evidence.append(f"model ({model_answer.backend.name}): {model_answer.answer}")
                 warning = model_answer.warning
-            except ModelUnavailableError as exc:
+            except BackendError as exc:  # no model, or its service is down: the measurements still stand
                 if not decision.dsp:
                     raise
                 warning = f"The music-language model could not answer the descriptive part: {exc}"

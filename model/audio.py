@@ -197,7 +197,7 @@ def _check_window_length(
             f"Pass offset_s and duration_s (<= {limits.max_duration_s:.0f}) to analyse part of it."
         )
     if window_s < limits.min_duration_s:
-        hint = "" if duration_s is None else " or a longer duration_s"
+        hint = "" if source_s - window_s < 1e-3 else " (an earlier offset_s or a longer duration_s)"
         raise AudioTooShortError(
             f"{name}: only {window_s:.2f} s of audio to analyse (the recording is {source_s:.2f} s long); "
             f"at least {limits.min_duration_s:g} s is needed. Send a longer clip{hint}."

@@ -97,15 +97,20 @@ def server_env(music) -> dict[str, str]:
 async def test_every_registry_tool_is_listed_with_schemas_and_annotations(server):
     async with Client(server) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {spec.name for spec in TOOL_SPECS}
-    for name, tool in tools.items():
-        assert tool.output_schema and "summary" in tool.output_schema["properties"], name
-        assert "audio" in tool.input_schema["required"]
-        assert "allowed folders" in tool.input_schema["properties"]["audio"]["description"]
-        assert len(tool.description) > 80
+    assert set(tools) == {spec.name for spec in TOOL_SPECS} and DSP_TOOLS <= set(tools)
+    for spec in TOOL_SPECS:
+        tool = tools[spec.name]
+        assert tool.output_schema and "summary" in tool.output_schema["properties"], spec.name
+        assert len(tool.description) > 80 and tool.title == spec.title
+        if spec.reads_audio:
+            assert "audio" in tool.input_schema["required"]
+            assert "allowed folders" in tool.input_schema["properties"]["audio"]["description"]
         hints = tool.annotations
-        assert hints.read_only_hint and hints.idempotent_hint and hints.destructive_hint is False
-        assert hints.open_world_hint is True  # URLs are allowed in these settings
+        assert (hints.read_only_hint, hints.idempotent_hint) == (spec.read_only, spec.idempotent)
+        assert hints.destructive_hint is False
+        assert hints.open_world_hint is spec.reads_audio  # URLs are allowed in these settings
+    for name in DSP_TOOLS | {"ask_about_music", "describe_music", "choose_answer"}:
+        assert tools[name].annotations.read_only_hint is True
     assert tools["choose_answer"].input_schema["properties"]["options"]["minItems"] == 2
 
 
@@ -342,7 +347,7 @@ async def test_http_without_token(music):
     assert rebound.status_code == 421
 
 
-async def test_http_with_token(music):
+async def test_http_with_token(music, tmp_path):
     env = {**server_env(music), "MY_MCP_TOKEN": "s3cret-token"}
     process, url = start_http_server(music, "--token-env", "MY_MCP_TOKEN", env=env)
     try:
@@ -350,9 +355,16 @@ async def test_http_with_token(music):
         wrong = httpx.post(url, json=INIT, headers={**MCP_HEADERS, "Authorization": "Bearer nope"})
         async with Client(http_client(url, "s3cret-token")) as client:
             result = await client.call_tool("detect_key", {"audio": str(music["song"])})
+        # The third-party client over HTTP: refused without the token, served with it.
+        base = ["--method", "tools/list", "--transport", "http", "--server-url", url]
+        refused = run_inspector(music, tmp_path, *base)
+        listed = run_inspector(music, tmp_path, *base, "--header", "Authorization: Bearer s3cret-token")
     finally:
         stop(process)
     assert anonymous.status_code == 401 and wrong.status_code == 401
+    assert refused.returncode != 0 and "auth" in refused.stderr.lower()
+    assert listed.returncode == 0, listed.stderr
+    assert {t["name"] for t in inspector_result(listed)["tools"]} == {spec.name for spec in TOOL_SPECS}
     assert not result.is_error and result.structured_content["key"]["key"] == music["labels"].key
 
 
@@ -393,18 +405,28 @@ def run_inspector(music, tmp_path, *method_args: str) -> subprocess.CompletedPro
     command = inspector_command()
     if command is None:
         pytest.fail("MCP Inspector not installed: run `make test` (it installs it into .cache/node) or install Node.js")
-    server = [sys.executable, "-m", "mcp_server", "--roots", str(music["root"])]
     env = {**server_env(music), "HOME": str(tmp_path)}
+    if "--server-url" in method_args:
+        target = []
+    else:  # the inspector starts the server itself over stdio
+        target = ["-e", f"TINYMU_CACHE_DIR={music['cache']}", "--cwd", str(REPO), "--",
+                  sys.executable, "-m", "mcp_server", "--roots", str(music["root"])]
     return subprocess.run(
-        [*command, "--cli", "--format", "json", "-q", *server, *method_args],
+        [*command, "--cli", "--format", "json", "-q", *method_args, *target],
         env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
+
+
+def inspector_result(done: subprocess.CompletedProcess) -> dict:
+    """The JSON-RPC result the inspector printed (its json format wraps it as {"result": ...})."""
+    payload = json.loads(done.stdout)
+    return payload.get("result", payload)
 
 
 def test_inspector_lists_tools(music, tmp_path):
     done = run_inspector(music, tmp_path, "--method", "tools/list")
     assert done.returncode == 0, done.stderr
-    tools = {tool["name"]: tool for tool in json.loads(done.stdout)["tools"]}
+    tools = {tool["name"]: tool for tool in inspector_result(done)["tools"]}
     assert set(tools) == {spec.name for spec in TOOL_SPECS}
     assert tools["analyze_clip"]["annotations"]["readOnlyHint"] is True
 
@@ -413,8 +435,7 @@ def test_inspector_calls_analyze_clip(music, tmp_path):
     arguments = json.dumps({"audio": str(music["song"])})
     done = run_inspector(music, tmp_path, "--method", "tools/call", "--tool-name", "analyze_clip", "--tool-args-json", arguments)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    structured = result["structuredContent"]
+    structured = inspector_result(done)["structuredContent"]
     assert structured["analysis"]["tempo"]["bpm"] == pytest.approx(120, rel=0.04)
     assert structured["analysis"]["key"]["key"] == music["labels"].key
     assert structured["audio"]["duration_s"] == pytest.approx(12.0, abs=0.05)
@@ -425,3 +446,77 @@ def test_inspector_bad_path_exits_with_code_5(music, tmp_path):
     done = run_inspector(music, tmp_path, "--method", "tools/call", "--tool-name", "analyze_clip", "--tool-args-json", arguments)
     assert done.returncode == 5
     assert "Allowed roots are" in done.stdout + done.stderr
+
+
+# --- model tools ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_server(music):
+    """A server whose model is a real but tiny, untrained TinyMU (fast on CPU; the SmolLM2 tokenizer
+    comes from the offline GGUF conversion the model tests also use)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINYMU_CACHE_DIR", str(REPO / ".cache" / "tinymu"))
+        patch.setenv("TINYMU_CHECKPOINT", "preset:tiny")
+        tools = MusicTools(make_settings(music))
+        assert tools.model.info().trained is False  # load it now, inside the patched environment
+    return build_server(tools.settings, tools=tools)
+
+
+async def test_model_tools_flag_untrained_weights(model_server, music):
+    options = ["an electric guitar", "a string quartet", "a solo flute"]
+    async with Client(model_server) as client:
+        asked = await client.call_tool("ask_about_music", {"audio": "song.wav", "question": "What instruments play?"})
+        described = await client.call_tool("describe_music", {"audio": "song.wav", "duration_s": 10})
+        chosen = await client.call_tool(
+            "choose_answer", {"audio": "song.wav", "question": "What is the lead instrument?", "options": options}
+        )
+        duplicate = await client.call_tool(
+            "choose_answer", {"audio": "song.wav", "question": "Which?", "options": ["rock", "Rock"]}
+        )
+    for result in (asked, described, chosen):
+        assert not result.is_error, result.content[0].text
+        data = result.structured_content
+        assert data["trained"] is False and data["backend"]["trained"] is False
+        assert "untrained" in data["warning"] and data["summary"].startswith("(untrained model)")
+        assert data["audio"]["sha256"]
+    assert isinstance(asked.structured_content["answer"], str)
+    assert described.structured_content["audio"]["duration_s"] == pytest.approx(10.0)
+    choice = chosen.structured_content
+    assert [o["letter"] for o in choice["options"]] == ["A", "B", "C"]
+    assert [o["option"] for o in choice["options"]] == options
+    assert sum(o["probability"] for o in choice["options"]) == pytest.approx(1.0, abs=1e-4)
+    assert choice["choice"] == options[choice["choice_index"]] and choice["choice_letter"] == "ABC"[choice["choice_index"]]
+    best = max(choice["options"], key=lambda o: o["probability"])
+    assert best["option"] == choice["choice"]
+    assert duplicate.is_error and "distinct" in duplicate.content[0].text
+
+
+async def test_answer_music_question_routes_and_shows_evidence(model_server, music):
+    async with Client(model_server) as client:
+        tempo = await client.call_tool("answer_music_question", {"audio": "song.wav", "question": "How many BPM is this?"})
+        timbre = await client.call_tool("answer_music_question", {"audio": "song.wav", "question": "Which instruments are playing?"})
+        mixed = await client.call_tool(
+            "answer_music_question", {"audio": "song.wav", "question": "What key is it in, and what mood does it have?"}
+        )
+    assert not any(r.is_error for r in (tempo, timbre, mixed))
+    t, m, x = tempo.structured_content, timbre.structured_content, mixed.structured_content
+    assert t["backends"] == ["dsp"] and t["model_answer"] is None
+    assert t["tempo"]["bpm"] == pytest.approx(120, rel=0.04) and any("BPM" in e for e in t["evidence"])
+    assert m["backends"] == ["model"] and m["model_answer"]["trained"] is False and m["warning"]
+    assert set(x["backends"]) == {"dsp", "model"}
+    assert x["key"]["key"] == music["labels"].key and x["reason"]
+
+
+async def test_unreachable_model_service_is_a_tool_error_and_dsp_still_answers(music):
+    settings = make_settings(music, model_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    async with Client(build_server(settings)) as client:
+        asked = await client.call_tool("describe_music", {"audio": "song.wav"})
+        measured = await client.call_tool("answer_music_question", {"audio": "song.wav", "question": "What's the tempo?"})
+        mixed = await client.call_tool(
+            "answer_music_question", {"audio": "song.wav", "question": "What's the tempo and which instruments play?"}
+        )
+    assert asked.is_error and "ModelServiceError" in asked.content[0].text and "TINYMU_URL" in asked.content[0].text
+    assert not measured.is_error and measured.structured_content["tempo"]["bpm"] == pytest.approx(120, rel=0.04)
+    assert not mixed.is_error and mixed.structured_content["backends"] == ["dsp"]
+    assert "could not answer" in mixed.structured_content["warning"]

@@ -53,6 +53,8 @@ CHOICE_ATTRIBUTES = ("lead_instrument", "lead_family", "instrument_families", "s
 BINARY_ATTRIBUTES = ("lead_instrument", "lead_family", "instrument_families", "style", "key", "mode", "meter",
                      "tempo_class", "drums", "energy")
 OPEN_ATTRIBUTES = tuple(T.OPEN)
+_PROFILE_VALUES = {"mode": ("major", "minor"), "meter": ("3/4", "4/4"), "drums": (True, False),
+                   "tempo_class": TEMPO_CLASSES, "energy": ("low", "medium", "high")}
 IR, CU, IU = "incorrect_related", "correct_unrelated", "incorrect_unrelated"
 
 
@@ -273,9 +275,12 @@ def _distractor_candidates(attribute: str, truth: Any, clip: ClipLabels, pools: 
         related = _groups_of(truth, T.FAMILY_GROUPS) - present
     elif attribute == "style":
         related = _groups_of(truth, T.STYLE_GROUPS)
-    elif attribute == "key":
-        related, true_elsewhere = _related_keys(truth)
     elif attribute == "chords":
+        # Loops that start on the same chord share about as much with each other as with the answer,
+        # so no option stands out as the one the others were built around.
+        same_start = [v for v in support if v[0] == truth[0]]
+        if len(same_start) >= 3:
+            support = same_start
         related = {v for v in support if len(set(v) & set(truth)) >= 2}
     elif attribute == "tempo":
         far_enough = [v for v in support if abs(v - truth) / truth >= 0.15]
@@ -307,7 +312,7 @@ def _pick_distractors(attribute: str, truth: Any, by_kind: dict[str, list], bala
     for kind in (IR, CU, IU):
         options = [v for v in by_kind.get(kind, []) if usable(v)]
         if options:
-            value = rng.choice(options) if tempo else _pick(options, balance, attribute, rng)
+            value = _pick(options, balance, attribute, rng)
             chosen.append((value, kind))
             used.add(value)
     while len(chosen) < 3:
@@ -315,7 +320,7 @@ def _pick_distractors(attribute: str, truth: Any, by_kind: dict[str, list], bala
         if not leftovers:
             return None
         values = [v for v, _ in leftovers]
-        value = rng.choice(values) if tempo else _pick(values, balance, attribute, rng)
+        value = _pick(values, balance, attribute, rng)
         chosen.append((value, dict(leftovers)[value] if value in dict(leftovers) else IU))
         used.add(value)
     return chosen
@@ -332,7 +337,7 @@ class QAGenerator:
         self.rng = random.Random(seed)
         self.dataset = dataset
         self.balance = _Balance()
-        self._profile_turn = 0
+        self._profile_counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
 
     def _record(self, clip: ClipLabels, task: str, prompt: str, target: str, **meta) -> QARecord:
         return QARecord(file_name=clip.file_name, input_text=prompt, target_text=target,
@@ -373,9 +378,12 @@ class QAGenerator:
             if not present:
                 return None
             truth = min(present, key=lambda f: (self.balance.deficit(attribute, f), self.rng.random()))
-        distractors = _pick_distractors(attribute, truth,
-                                        _distractor_candidates(attribute, truth, clip, self.pools),
-                                        self.balance, self.rng)
+        if attribute == "key":
+            distractors = self._key_distractors(truth)
+        else:
+            distractors = _pick_distractors(attribute, truth,
+                                            _distractor_candidates(attribute, truth, clip, self.pools),
+                                            self.balance, self.rng)
         if distractors is None:
             return None
         stem_index = self.rng.randrange(len(T.CHOICE[attribute]))
@@ -383,17 +391,37 @@ class QAGenerator:
         return self._choice_record(clip, attribute, stem, stem_index, truth, distractors,
                                    [option_text(attribute, v) for v in [truth] + [d for d, _ in distractors]])
 
-    def profile_question(self, clip: ClipLabels) -> QARecord | None:
+    def _key_distractors(self, truth: str) -> list[tuple[str, str]]:
+        """Two tonics x two modes: {T major, T minor, R major, R minor} with R a random other tonic.
+
+        The same four options would be offered whichever of them were true, so their
+        wording says nothing about the answer. The parallel key is the related
+        distractor; where R happens to be the relative tonic, the relative key
+        (same notes, other tonic) is the correct-but-unrelated one.
+        """
+        tonic, mode = truth.split()
+        other_mode = "minor" if mode == "major" else "major"
+        other = self.rng.choice([t for t in PITCH_CLASSES if t != tonic])
+        relative, _ = _related_keys(truth)
+        cross = f"{other} {other_mode}"
+        return [(f"{tonic} {other_mode}", IR), (f"{other} {mode}", IR), (cross, CU if cross in relative else IU)]
+
+    def profile_question(self, clip: ClipLabels, exclude: Sequence[tuple[str, str]] = ()) -> QARecord | None:
         """A four-way choice over the combinations of two low-cardinality attributes."""
         known = [a for a in PROFILE_ATTRIBUTES if attribute_value(clip, a) is not None]
-        for _ in range(len(PROFILE_PAIRS)):
-            pair = PROFILE_PAIRS[self._profile_turn % len(PROFILE_PAIRS)]
-            self._profile_turn += 1
-            if all(a in known for a in pair):
-                break
-        else:
+        pairs = [p for p in PROFILE_PAIRS if all(a in known for a in p) and p not in exclude]
+        if not pairs:
             return None
+        # Ask about the pair whose true combination this clip is rarest in so far: the true combinations
+        # of each pair then stay near uniform (and `balance_profiles` makes them exactly so).
+        def rarity(pair):
+            combo = tuple(attribute_value(clip, a) for a in pair)
+            counts = self._profile_counts[pair]
+            return (max(counts.values(), default=0) - counts[combo], self.rng.random())
+
+        pair = max(pairs, key=rarity)
         truths = [attribute_value(clip, a) for a in pair]
+        self._profile_counts[pair][tuple(truths)] += 1
         alternatives = []
         for attribute, truth in zip(pair, truths):
             others = [v for v in self._profile_values(attribute) if v != truth]
@@ -411,14 +439,14 @@ class QAGenerator:
             self.balance.wrong[(attribute, truth)] += 1
             self.balance.wrong[(attribute, alternative)] += 2
         parts = [{pair[0]: _jsonable(a), pair[1]: _jsonable(b)} for a, b, _ in combos]
-        return self._choice_record(clip, "+".join(pair), stem, stem_index, parts[0],
-                                   [(p, kind) for p, (_, _, kind) in zip(parts[1:], combos[1:])], texts,
-                                   count=False, parts=parts)
+        record = self._choice_record(clip, "+".join(pair), stem, stem_index, parts[0],
+                                     [(p, kind) for p, (_, _, kind) in zip(parts[1:], combos[1:])], texts,
+                                     count=False, parts=parts)
+        record.meta["truth"] = parts[0]
+        return record
 
     def _profile_values(self, attribute: str) -> list:
-        fixed = {"mode": ["major", "minor"], "meter": ["3/4", "4/4"], "drums": [True, False],
-                 "tempo_class": list(TEMPO_CLASSES), "energy": ["low", "medium", "high"]}
-        return fixed[attribute]
+        return list(_PROFILE_VALUES[attribute])
 
     def _choice_record(self, clip, attribute, stem, stem_index, truth, distractors, texts, *, count=True,
                        parts=None) -> QARecord:
@@ -472,7 +500,12 @@ class QAGenerator:
             records += [self.open_question(clip, a) for a in OPEN_ATTRIBUTES]
         if "multiple_choice" in tasks:
             records += [self.choice_question(clip, a) for a in CHOICE_ATTRIBUTES]
-            records += [self.profile_question(clip) for _ in range(profiles_per_clip)]
+            asked: list[tuple[str, str]] = []
+            for _ in range(profiles_per_clip):
+                record = self.profile_question(clip, exclude=asked)
+                if record is not None:
+                    asked.append(tuple(record.meta["attribute"].split("+")))
+                    records.append(record)
         if "binary" in tasks:
             records += [self.binary_question(clip, a) for a in BINARY_ATTRIBUTES]
         return [r for r in records if r is not None and passes_filters(r)]
@@ -542,7 +575,7 @@ def generate_qa(
     pools = pools or ValuePools.from_labels(labels)
     generator = QAGenerator(pools, seed=seed, dataset=dataset)
     records = [r for clip in labels for r in generator.clip_records(clip, tasks)]
-    return balance_binary(records, seed)
+    return balance_profiles(balance_binary(records, seed), seed)
 
 
 def balance_binary(records: list[QARecord], seed: int = 0) -> list[QARecord]:
@@ -558,6 +591,30 @@ def balance_binary(records: list[QARecord], seed: int = 0) -> list[QARecord]:
         surplus = len(sides["yes"]) - len(sides["no"])
         bigger = sides["yes"] if surplus > 0 else sides["no"]
         drop.update(rng.sample(bigger, abs(surplus)))
+    return [r for i, r in enumerate(records) if i not in drop]
+
+
+def balance_profiles(records: list[QARecord], seed: int = 0) -> list[QARecord]:
+    """Drop profile questions until every true combination of each attribute pair is asked equally often.
+
+    Without this, "a piece in 4/4 with drums" would be right far more often than
+    "a piece in 3/4 without drums", and a text-only model could learn that.
+    """
+    rng = random.Random(seed + 2)
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, record in enumerate(records):
+        meta = record.meta or {}
+        if record.task == "multiple_choice" and "truth" in meta:
+            groups[meta["attribute"]][json.dumps(meta["truth"], sort_keys=True)].append(i)
+    drop: set[int] = set()
+    for attribute, combos in groups.items():
+        pair = attribute.split("+")
+        n_combos = 1
+        for a in pair:
+            n_combos *= len(_PROFILE_VALUES[a])
+        keep = min(len(v) for v in combos.values()) if len(combos) == n_combos else 0
+        for indices in combos.values():
+            drop.update(rng.sample(indices, len(indices) - keep))
     return [r for i, r in enumerate(records) if i not in drop]
 
 

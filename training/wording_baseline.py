@@ -39,22 +39,21 @@ def _choice_records(records: Sequence[QARecord]) -> list[QARecord]:
     return [r for r in records if r.task == "multiple_choice" and r.meta and "options" in r.meta]
 
 
-def option_prior_accuracy(train: Sequence[QARecord], test: Sequence[QARecord], seed: int = 0) -> float:
+def option_prior_predictions(train: Sequence[QARecord], test: Sequence[QARecord], seed: int = 0) -> list[int]:
     right: Counter = Counter()
     shown: Counter = Counter()
-    for record in _choice_records(train):
+    for record in train:
         for i, option in enumerate(record.meta["options"]):
             key = (record.meta["attribute"], option)
             shown[key] += 1
             right[key] += i == record.meta["answer"]
     rng = random.Random(seed)
-    hits = []
-    for record in _choice_records(test):
+    predictions = []
+    for record in test:
         attribute = record.meta["attribute"]
         score = [(right[(attribute, o)] + 0.25) / (shown[(attribute, o)] + 1) for o in record.meta["options"]]
-        best = max(range(4), key=lambda i: (score[i], rng.random()))
-        hits.append(best == record.meta["answer"])
-    return float(np.mean(hits)) if hits else math.nan
+        predictions.append(max(range(4), key=lambda i: (score[i], rng.random())))
+    return predictions
 
 
 def _option_features(record: QARecord, index: int) -> list[str]:
@@ -71,38 +70,37 @@ def _option_features(record: QARecord, index: int) -> list[str]:
     return features
 
 
-def logistic_regression_accuracy(train: Sequence[QARecord], test: Sequence[QARecord]) -> float:
+def logistic_regression_predictions(train: Sequence[QARecord], test: Sequence[QARecord]) -> list[int]:
     from sklearn.feature_extraction import FeatureHasher
     from sklearn.linear_model import LogisticRegression
 
     hasher = FeatureHasher(n_features=2**18, input_type="string", alternate_sign=False)
-    train_choices = _choice_records(train)
-    test_choices = _choice_records(test)
-    if not train_choices or not test_choices:
-        return math.nan
-    rows = [_option_features(r, i) for r in train_choices for i in range(4)]
-    targets = [int(i == r.meta["answer"]) for r in train_choices for i in range(4)]
-    model = LogisticRegression(C=1.0, max_iter=2000)
+    rows = [_option_features(r, i) for r in train for i in range(4)]
+    targets = [int(i == r.meta["answer"]) for r in train for i in range(4)]
+    model = LogisticRegression(C=1.0, max_iter=1000, solver="liblinear")
     model.fit(hasher.transform(rows), targets)
-    scores = model.decision_function(hasher.transform([_option_features(r, i) for r in test_choices for i in range(4)]))
-    predicted = scores.reshape(-1, 4).argmax(axis=1)
-    return float(np.mean([p == r.meta["answer"] for p, r in zip(predicted, test_choices)]))
+    scores = model.decision_function(hasher.transform([_option_features(r, i) for r in test for i in range(4)]))
+    return [int(i) for i in scores.reshape(-1, 4).argmax(axis=1)]
 
 
-def wording_baselines(train: Sequence[QARecord], test: Sequence[QARecord]) -> dict[str, float]:
-    """Accuracy of both text-only students on the test split's multiple-choice questions (chance: 0.25)."""
+def wording_baselines(train: Sequence[QARecord], test: Sequence[QARecord]) -> dict[str, dict[str, float]]:
+    """Accuracy of both text-only students on the test split's multiple-choice questions, overall
+    ('all') and per attribute; chance is 0.25. Each entry: {'n', 'option_prior', 'logistic_regression'}."""
+    train, test = _choice_records(train), _choice_records(test)
+    if not train or not test:
+        return {}
+    predictions = {"option_prior": option_prior_predictions(train, test),
+                   "logistic_regression": logistic_regression_predictions(train, test)}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(test):
+        groups["all"].append(i)
+        groups[record.meta["attribute"]].append(i)
     return {
-        "option_prior": option_prior_accuracy(train, test),
-        "logistic_regression": logistic_regression_accuracy(train, test),
-        "n_test_questions": float(len(_choice_records(test))),
+        name: {"n": float(len(rows)),
+               **{student: float(np.mean([predictions[student][i] == test[i].meta["answer"] for i in rows]))
+                  for student in predictions}}
+        for name, rows in sorted(groups.items(), key=lambda kv: (kv[0] != "all", kv[0]))
     }
-
-
-def per_attribute(train: Sequence[QARecord], test: Sequence[QARecord]) -> dict[str, dict[str, float]]:
-    by_attribute = defaultdict(list)
-    for record in _choice_records(test):
-        by_attribute[record.meta["attribute"]].append(record)
-    return {a: wording_baselines(train, rs) for a, rs in sorted(by_attribute.items())}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -110,15 +108,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
     args = parser.parse_args(argv)
-    train, test = load_records(args.train), load_records(args.test)
-    overall = wording_baselines(train, test)
-    n = overall["n_test_questions"]
+    results = wording_baselines(load_records(args.train), load_records(args.test))
+    n = results["all"]["n"]
     margin = 1.96 * math.sqrt(0.25 * 0.75 / max(n, 1))
     print(f"multiple-choice questions in test: {int(n)} (chance 25 %, 95 % band for a guesser: "
           f"{25 - 100 * margin:.1f}-{25 + 100 * margin:.1f} %)")
     print(f"{'attribute':28s} {'n':>5s} {'option prior':>13s} {'logistic reg.':>14s}")
-    for attribute, scores in [("all", overall)] + list(per_attribute(train, test).items()):
-        print(f"{attribute:28s} {int(scores['n_test_questions']):5d} {100 * scores['option_prior']:12.1f}% "
+    for attribute, scores in results.items():
+        print(f"{attribute:28s} {int(scores['n']):5d} {100 * scores['option_prior']:12.1f}% "
               f"{100 * scores['logistic_regression']:13.1f}%")
 
 
