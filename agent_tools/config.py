@@ -11,15 +11,10 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from platformdirs import user_cache_path
-
+from agent_tools.cache import default_cache_dir
 from model.audio import AudioLimits
 
 MiB = 1024 * 1024
-
-
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("TINYMU_CACHE_DIR") or user_cache_path("tinymu"))
 
 
 @dataclass(frozen=True)
@@ -44,11 +39,11 @@ class Settings:
     max_redirects: int = 5
     max_data_uri_bytes: int = 20 * MiB  # decoded bytes of a data: URI
     audio_limits: AudioLimits = field(default_factory=AudioLimits)
-    cache_dir: Path = field(default_factory=_default_cache_dir)
+    cache_dir: Path = field(default_factory=default_cache_dir)  # $TINYMU_CACHE_DIR or the user cache
     model_url: str | None = None  # TINYMU_URL: a remote model service instead of the embedded model
     model_token: str | None = None  # TINYMU_TOKEN: its bearer token
     call_timeout_s: float = 300.0  # per tool call, enforced by the servers
-    max_concurrency: int = 2  # tool calls running at once; the rest wait their turn
+    max_concurrency: int = 2  # heavy computations (madmom, the model) at once; cache hits never wait
 
     def allowed_roots(self) -> tuple[Path, ...]:
         """The resolved root directories (the current working directory when none is configured)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -145,6 +146,9 @@ class MusicTools:
         self._analyzer = analyzer
         self._model = model
         self._model_lock = threading.Lock()
+        # Bounds the heavy work (madmom, the model) running at once. Only computation takes a slot:
+        # decoding and cache hits never queue behind long analyses.
+        self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
 
     # --- shared plumbing -------------------------------------------------------------
 
@@ -189,12 +193,25 @@ class MusicTools:
             )
         return clip, AudioInfo.from_clip(clip, resolved.label)
 
+    @contextmanager
+    def computing(self):
+        """Hold one of the `max_concurrency` compute slots while doing heavy work (DSP, model inference)."""
+        with self._compute_slots:
+            yield
+
     def _measure(self, kind: str, clip: AudioClip, result_cls, compute: Callable):
         """A DSP result from the cache, or computed (and cached) now."""
         report_progress(2, 3, f"measuring {kind}")
         # Results carry file times, so a window's offset is part of the key.
         params = {"offset_s": round(clip.offset_s, 3)} if clip.offset_s else {}
-        result = self.cache.get_or_compute(kind, clip.sha256, params, result_cls, compute)
+
+        def compute_in_slot():
+            with self.computing():
+                # Another call may have computed it while this one waited for a slot.
+                cached = self.cache.get(kind, clip.sha256, params, result_cls)
+                return cached if cached is not None else compute()
+
+        result = self.cache.get_or_compute(kind, clip.sha256, params, result_cls, compute_in_slot)
         report_progress(3, 3, "done")
         return result
 
@@ -268,6 +285,8 @@ class MusicTools:
 
     def _model_audio(self, audio: str, offset_s: float, duration_s: float | None):
         """The clip at the model's sample rate, the model and its backend description."""
+        if self._model is None:  # loading takes up to a minute: say so, so clients do not give up
+            report_progress(0, 3, "loading the music-language model (first call only)")
         model = self.model  # fail fast, before decoding, when there is no model
         backend = self._backend()
         clip, info = self.load(audio, offset_s, duration_s)
@@ -284,7 +303,8 @@ class MusicTools:
         answer_music_question, which picks the right backend by itself).
         """
         samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
-        answer = model.answer(samples, question).strip()
+        with self.computing():
+            answer = model.answer(samples, question).strip()
         report_progress(3, 3, "done")
         warning = None if backend.trained else UNTRAINED_WARNING
         summary = answer if backend.trained else f"(untrained model) {answer}"
@@ -300,7 +320,8 @@ class MusicTools:
         For exact numbers (BPM, key, chords) use the DSP tools.
         """
         samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
-        caption = model.caption(samples).strip()
+        with self.computing():
+            caption = model.caption(samples).strip()
         report_progress(3, 3, "done")
         return MusicCaption(
             summary=caption if backend.trained else f"(untrained model) {caption}",
@@ -325,7 +346,8 @@ class MusicTools:
         if len({o.strip().lower() for o in options}) != len(options) or any(not o.strip() for o in options):
             raise InputError("options must be non-empty and distinct; give 2 to 10 different answers.")
         samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
-        choice = model.choose(samples, question, options)
+        with self.computing():
+            choice = model.choose(samples, question, options)
         report_progress(3, 3, "done")
         if choice.index is None or not choice.probabilities:
             raise ModelServiceError("The model did not score the options; try again or rephrase the question.")

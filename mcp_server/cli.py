@@ -60,7 +60,7 @@ def serve(
             help="Extra Host header accepted over HTTP (DNS-rebinding protection), e.g. 'music.lan:*'; repeatable."
         ),
     ] = None,
-    max_concurrency: Annotated[int | None, typer.Option(help="Tool calls running at once.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Analyses or model calls computing at once.")] = None,
     call_timeout: Annotated[float | None, typer.Option(help="Per-call timeout in seconds.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
 ) -> None:

@@ -57,13 +57,16 @@ class StaticTokenVerifier:
 
 
 class ToolRunner:
-    """Runs blocking tool methods in threads: bounded concurrency, a timeout, progress, typed errors."""
+    """Runs blocking tool methods in worker threads with a timeout, progress and typed errors.
 
-    def __init__(self, max_concurrency: int, timeout_s: float):
-        # A thread-level semaphore, held by the worker itself: a call abandoned on timeout keeps its
-        # slot until its thread really finishes, so timeouts can never pile up unbounded CPU work.
-        self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
+    Heavy work is bounded inside the toolbox (`MusicTools.computing`, `max_concurrency` slots held by
+    the worker thread itself), so a call abandoned on timeout keeps its slot until its thread really
+    finishes and timeouts can never pile up unbounded CPU work; cache hits never wait for a slot.
+    """
+
+    def __init__(self, timeout_s: float, max_calls_in_flight: int = 64):
         self.timeout_s = timeout_s
+        self._threads = anyio.CapacityLimiter(max_calls_in_flight)
 
     async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None):
         finished = threading.Event()
@@ -77,18 +80,15 @@ class ToolRunner:
                 log.debug("progress notification for %s dropped", name, exc_info=True)
 
         def job():
-            with self._slots:
-                if finished.is_set():  # timed out while waiting for a slot: skip the work
-                    return None
-                token = progress_callback.set(progress)
-                try:
-                    return method(**kwargs)
-                finally:
-                    progress_callback.reset(token)
+            token = progress_callback.set(progress)
+            try:
+                return method(**kwargs)
+            finally:
+                progress_callback.reset(token)
 
         try:
             with anyio.fail_after(self.timeout_s):
-                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=self._threads)
         except TimeoutError:
             raise ToolError(
                 f"{name} did not finish within {self.timeout_s:g} s. Analyse a shorter window "
@@ -153,7 +153,7 @@ def build_server(
             auth=AuthSettings(issuer_url=public_url, resource_server_url=None),
         )
     server = MCPServer("tinymu", instructions=INSTRUCTIONS, version=_version(), **auth)
-    runner = ToolRunner(settings.max_concurrency, settings.call_timeout_s)
+    runner = ToolRunner(settings.call_timeout_s)
     for spec in TOOL_SPECS:
         server.add_tool(
             mcp_tool(spec.name, spec.bind(tools), runner),

@@ -138,7 +138,8 @@ def load_audio(
             raise
         raise UnsupportedAudioError(f"{name}: the audio is corrupt or truncated ({exc}).") from exc
 
-    samples = np.ascontiguousarray(frames.mean(axis=1), dtype=np.float32)
+    mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)
+    samples = np.ascontiguousarray(mono, dtype=np.float32)
     if samples.size == 0 or samples.size < 0.5 * wanted:
         raise UnsupportedAudioError(
             f"{name}: the file claims {wanted / rate:.2f} s of audio but only {samples.size / rate:.2f} s could be "
@@ -153,7 +154,7 @@ def load_audio(
         )
     digest = hashlib.sha256()
     digest.update(str(rate).encode())
-    digest.update(samples.tobytes())
+    digest.update(memoryview(samples))  # no copy of a possibly long window
     return AudioClip(
         samples=samples,
         sample_rate=rate,

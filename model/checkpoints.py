@@ -11,13 +11,16 @@ Three formats come in:
   `pos_embed` silently stays zero;
 * our own format: one `.safetensors` file (or a directory holding `tinymu.safetensors`)
   whose metadata carries the format version, the config as JSON and whether the weights
-  were trained. Decoder tensors equal to the base decoder named by the config (e.g. the
-  offline SmolLM2) may be left out, so a shipped checkpoint holds only the encoder, the
-  projector and what training changed (LoRA adapters or tuned layers).
+  were trained. What can be rebuilt may be left out, so a shipped checkpoint holds only
+  what training changed: decoder tensors equal to the base decoder named by the config
+  (e.g. the offline SmolLM2), and an encoder still equal to its seeded random start
+  (`init_seed`; a SHA-256 of the regenerated weights is stored and checked on load, so a
+  torch version that draws different numbers is refused instead of silently used).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -145,6 +148,7 @@ class CheckpointHeader:
     config: TinyMUConfig
     trained: bool
     lm_base: str | None  # decoder weights the omitted tensors come from
+    encoder_digest: str | None  # set when the encoder is regenerated from cfg.init_seed
     format_version: int
     notes: str
     created: str
@@ -168,6 +172,22 @@ def _base_lm_state(source: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _encoder_digest(encoder: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(encoder.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _seeded_encoder_state(cfg: TinyMUConfig) -> dict[str, torch.Tensor]:
+    from model.encoder import MatpacEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        return {"encoder." + k: v for k, v in MatpacEncoder(cfg.encoder).state_dict().items()}
+
+
 def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_over_base: bool = True,
                     half: bool = False, notes: str = "") -> Path:
     """Write `model` in our format. With `delta_over_base`, decoder tensors identical to the base
@@ -184,6 +204,12 @@ def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_ove
         base = _base_lm_state(lm_base)
         state = {k: v for k, v in state.items() if not (k in base and base[k].shape == v.shape
                                                         and torch.equal(base[k].to(v.dtype), v))}
+    encoder_digest = ""
+    if delta_over_base and cfg.init_seed is not None:
+        seeded = _seeded_encoder_state(cfg)
+        if all(torch.equal(seeded[k], state[k]) for k in seeded):
+            state = {k: v for k, v in state.items() if k not in seeded}
+            encoder_digest = _encoder_digest(model.encoder)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     metadata = {
@@ -192,6 +218,7 @@ def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_ove
         "config": cfg.to_json(),
         "trained": json.dumps(bool(trained)),
         "lm_base": lm_base or "",
+        "encoder_from_seed": encoder_digest,
         "notes": notes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -215,6 +242,7 @@ def read_header(path: str | Path) -> CheckpointHeader:
         raise CheckpointError(f"{file} uses checkpoint format {version}; this code reads up to {FORMAT_VERSION}")
     return CheckpointHeader(config=TinyMUConfig.from_json(meta["config"]), trained=json.loads(meta["trained"]),
                             lm_base=meta.get("lm_base") or None, format_version=version,
+                            encoder_digest=meta.get("encoder_from_seed") or None,
                             notes=meta.get("notes", ""), created=meta.get("created", ""))
 
 
@@ -234,9 +262,14 @@ def load_checkpoint(path: str | Path) -> tuple[TinyMU, CheckpointHeader]:
     if result.unexpected_keys:
         raise CheckpointError(f"checkpoint has tensors the model lacks: {result.unexpected_keys[:5]}")
     allowed_missing = {"lm.lm_head.weight"} if cfg.lm.tie_word_embeddings else set()
-    missing = [k for k in result.missing_keys if k not in allowed_missing and not (header.lm_base and k.startswith("lm."))]
+    missing = [k for k in result.missing_keys if k not in allowed_missing
+               and not (header.lm_base and k.startswith("lm."))
+               and not (header.encoder_digest and k.startswith("encoder."))]
     if missing:
         raise CheckpointError(f"checkpoint lacks tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if header.encoder_digest and _encoder_digest(model.encoder) != header.encoder_digest:
+        raise CheckpointError("this checkpoint regenerates its frozen encoder from a seed, and this torch version "
+                              "draws different weights; re-save it with delta_over_base=False")
     if cfg.lm.tie_word_embeddings:
         model.lm.tie_weights()
     return model, header

@@ -78,6 +78,9 @@ class TinyMUConfig:
     lm: LMConfig = field(default_factory=LMConfig)
     projector_hidden: int = 2048
     lm_weights: str = "smollm2-gguf"
+    # The encoder and projector start from this seed, so an encoder kept frozen at its
+    # random start can be regenerated instead of shipped (see model.checkpoints).
+    init_seed: int | None = 0
     # Low-rank adapters on the decoder (off in the reference recipe; rank 0 = off).
     lora_rank: int = 0
     lora_alpha: float = 128.0

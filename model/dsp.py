@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from model.audio import MADMOM_RATE, AudioClip
+from model.pitch_names import key_name, pitch_class, respell_chord, root_names
 from model.dsp_results import (
     BeatsResult,
     ChordSegment,
@@ -38,9 +39,8 @@ from model.dsp_results import (
 )
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-1"
+ANALYSIS_VERSION = "dsp-2"
 
-PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 ACTIVATION_FPS = 100  # madmom's beat/downbeat networks
 CHROMA_FPS = 10  # madmom's deep chroma and chord networks
 
@@ -101,7 +101,9 @@ class MusicAnalyzer:
         with self._lock:
             feats = self._features(clip)
             if "chords" not in feats:
-                feats["chords"] = self._estimate_chords(clip, feats)
+                key = self.key(clip)  # cheap, and lets chord roots be spelled the way the key writes them
+                names = root_names(pitch_class(key.tonic), key.mode) if key.key else root_names()
+                feats["chords"] = self._estimate_chords(clip, feats, names)
             return feats["chords"]
 
     def analyze(self, clip: AudioClip) -> ClipAnalysis:
@@ -219,9 +221,9 @@ class MusicAnalyzer:
 
     # ---- chords ----------------------------------------------------------------
 
-    def _estimate_chords(self, clip: AudioClip, feats: dict) -> ChordsResult:
+    def _estimate_chords(self, clip: AudioClip, feats: dict, root_spelling: list[str]) -> ChordsResult:
         raw = self._procs()["chord_crf"](self._get(feats, "chord_features"))
-        segments = [(float(s), float(e), str(label)) for s, e, label in raw]
+        segments = [(float(s), float(e), respell_chord(str(label), root_spelling)) for s, e, label in raw]
         end = clip.duration_s
         beats = self._rhythm(clip).get("beats_array")
         if beats is not None and len(beats) > 1:
@@ -285,7 +287,9 @@ def _correct_tempo(beats: np.ndarray, activation: np.ndarray) -> tuple[np.ndarra
         weak_ratio, between_ratio = between_ratio, 0.0
     intervals = np.diff(beats)
     median = float(np.median(intervals))
-    bpm = round(60.0 / median, 1)
+    steady = np.abs(intervals - median) < 0.1 * median
+    # The mean of the steady intervals is finer than the 10 ms frame grid the beats sit on.
+    bpm = round(60.0 / float(np.mean(intervals[steady])), 1)
     regularity = float(np.mean(np.abs(intervals - median) < 0.05 * median))
     clarity = 1.0 - min(1.0, between_ratio)
     confidence = round(regularity * clarity, 3)
@@ -348,7 +352,7 @@ def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray) -
 
 def _key_name(index: int) -> str:
     """Our key index: 0-11 major keys on C..B, 12-23 minor keys on C..B."""
-    return f"{PITCH_CLASSES[index % 12]} {'minor' if index >= 12 else 'major'}"
+    return key_name(index % 12, "minor" if index >= 12 else "major")
 
 
 def _cnn_probabilities_by_index(probabilities: np.ndarray) -> np.ndarray:
@@ -357,13 +361,8 @@ def _cnn_probabilities_by_index(probabilities: np.ndarray) -> np.ndarray:
     ordered = np.zeros(24)
     for p, label in zip(probabilities, KEY_LABELS):
         tonic, mode = label.split()
-        ordered[(mode == "minor") * 12 + _pitch_class(tonic)] = p
+        ordered[(mode == "minor") * 12 + pitch_class(tonic)] = p
     return ordered
-
-
-def _pitch_class(name: str) -> int:
-    base = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[name[0].upper()]
-    return (base + name.count("#") - name[1:].count("b")) % 12
 
 
 def _profile_correlations(chroma: np.ndarray) -> np.ndarray:
@@ -403,13 +402,17 @@ def _snap_to_grid(segments: list[tuple[float, float, str]], grid: np.ndarray, en
 
 def find_loop(labels: list[str], max_period: int = 8) -> tuple[list[str], float]:
     """The shortest chord cycle that explains the sequence (>= 75 % agreement, >= 2 repeats), and its repeat count."""
-    seq = [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])]
-    seq = [label for i, label in enumerate(seq) if i == 0 or label != seq[i - 1]]
+    seq = _changes([label for label in labels if label != "N"])
     for period in range(1, min(max_period, len(seq) // 2) + 1):
         agree = np.mean([seq[i] == seq[i - period] for i in range(period, len(seq))])
-        if agree >= 0.75 and len(set(seq[:period])) == period:
+        if agree >= 0.75:
             return seq[:period], round(len(seq) / period, 1)
     return [], 0.0
+
+
+def _changes(labels: list[str]) -> list[str]:
+    """The labels with immediate repeats removed: C C G G C -> C G C."""
+    return [label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1]]
 
 
 def _chords_result(segments: list[ChordSegment], summary: str | None) -> ChordsResult:
@@ -424,9 +427,9 @@ def _chords_result(segments: list[ChordSegment], summary: str | None) -> ChordsR
         if loop and repeats >= 2:
             summary = f"Chord loop {' '.join(loop)} (heard {repeats:g} times); {len(distinct)} distinct chords."
         else:
-            order = [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])]
+            order = _changes([label for label in labels if label != "N"])
             summary = f"Chords: {' '.join(order[:8])}{' ...' if len(order) > 8 else ''}; {len(distinct)} distinct."
-    progression = loop if loop else [label for i, label in enumerate(labels) if label != "N" and (i == 0 or label != labels[i - 1])][:8]
+    progression = loop or _changes([label for label in labels if label != "N"])[:8]
     return ChordsResult(segments=segments, progression=progression, loop_repeats=repeats, distinct_chords=distinct, summary=summary)
 
 

@@ -84,8 +84,11 @@ class TinyMU(nn.Module):
     def __init__(self, cfg: TinyMUConfig, lm: LlamaForCausalLM | None = None):
         super().__init__()
         self.cfg = cfg
-        self.encoder = MatpacEncoder(cfg.encoder)
-        self.projector = Projector(cfg.encoder.output_dim, cfg.projector_hidden, cfg.lm.hidden_size)
+        with torch.random.fork_rng(devices=[]):
+            if cfg.init_seed is not None:
+                torch.manual_seed(cfg.init_seed)
+            self.encoder = MatpacEncoder(cfg.encoder)
+            self.projector = Projector(cfg.encoder.output_dim, cfg.projector_hidden, cfg.lm.hidden_size)
         self.lm = lm if lm is not None else LlamaForCausalLM(lm_config(cfg))
         if cfg.lora_rank:
             add_lora(self.lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -176,6 +179,25 @@ class TinyMU(nn.Module):
             pos[i, : len(row)] = p
         query = torch.tensor([len(r) - 1 for r in rows], device=device)
         return Batch(embeds, mask, pos, query_index=query)
+
+
+def tokenize_example(tokenizer, prompt: str, target: str, prompt_length: int = 129,
+                     target_length: int = 129) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training example in the reference format: prompt ids padded to `prompt_length` with
+    token 17 (mask 0), target ids + eos 0 padded to `target_length`. Both are truncated
+    when longer. Returns 1-D (prompt_ids, prompt_mask, target_ids, target_mask)."""
+
+    def padded(ids: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = ids[:length]
+        out = torch.full((length,), PAD_ID, dtype=torch.long)
+        mask = torch.zeros(length, dtype=torch.long)
+        out[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[: len(ids)] = 1
+        return out, mask
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    target_ids = tokenizer(target, add_special_tokens=False).input_ids[: target_length - 1] + [EOS_ID]
+    return (*padded(prompt_ids, prompt_length), *padded(target_ids, target_length))
 
 
 def build_model(cfg: TinyMUConfig) -> TinyMU:

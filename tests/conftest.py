@@ -13,9 +13,9 @@ from training.synth import SongLabels, write_song
 LABELLED_SONGS = {
     "rock_a_minor": dict(seed=11, style="rock", tempo_bpm=128.0, key=(9, "minor")),
     "waltz_eb_major": dict(seed=12, style="waltz", tempo_bpm=100.0, key=(3, "major")),
-    "chamber_f_major": dict(seed=13, style="chamber", tempo_bpm=84.0, key=(5, "major")),
+    "chamber_f_major": dict(seed=13, style="chamber", tempo_bpm=108.0, key=(5, "major")),
 }
-CLIP_SECONDS = 16.0
+CLIP_SECONDS = 20.0
 
 
 @dataclass(frozen=True)

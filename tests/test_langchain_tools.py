@@ -71,8 +71,8 @@ def test_plot_artifact_has_no_raw_bytes_and_points_at_the_png(setup):
         ({"audio": "missing.wav"}, "AudioNotFoundError"),
         ({"audio": "/etc/passwd"}, "AccessDeniedError"),
         ({"audio": "data:audio/wav;base64,AAAA"}, "UnsupportedAudioError"),
-        ({"audio": 3.5}, "error"),  # wrong type: a validation error message, not an exception
-        ({}, "audio"),  # missing argument
+        ({"audio": 3.5}, "audio: Input should be a valid string"),  # wrong type: explained, not raised
+        ({}, "audio: Field required"),  # missing argument
     ],
 )
 def test_bad_input_becomes_an_error_tool_message(setup, args, expected):

@@ -265,6 +265,17 @@ async def test_redirect_to_a_private_address_is_a_tool_error(music):
     assert result.is_error and "10.0.0.1" in result.content[0].text and "not a public" in result.content[0].text
 
 
+async def test_per_call_timeout_is_a_tool_error_and_the_work_still_lands_in_the_cache(music):
+    arguments = {"audio": "song.wav", "offset_s": 1.5, "duration_s": 7.0}  # a window nobody analysed yet
+    impatient = build_server(make_settings(music, call_timeout_s=0.05))
+    async with Client(impatient) as client:
+        late = await client.call_tool("recognize_chords", arguments)
+    assert late.is_error and "did not finish within 0.05 s" in late.content[0].text
+    async with Client(build_server(make_settings(music))) as client:
+        again = await client.call_tool("recognize_chords", arguments)
+    assert not again.is_error and again.structured_content["audio"]["offset_s"] == pytest.approx(1.5)
+
+
 # --- subprocesses ----------------------------------------------------------------------
 
 
@@ -375,6 +386,14 @@ def test_non_loopback_bind_without_token_is_refused(music):
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2 and "without a token" in done.stderr and done.stdout == ""
+
+
+def test_missing_root_is_refused_at_start(music, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--roots", str(tmp_path / "no-such-folder")],
+        env=server_env(music), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "is not a directory" in done.stderr and done.stdout == ""
 
 
 def test_example_client_script(music):

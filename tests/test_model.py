@@ -326,8 +326,9 @@ def test_official_tinymu_layout_loads_strictly(tiny, tmp_path):
     path = tmp_path / "tinymu.pt"
     torch.save({"model": state, "epoch": 3}, path)
     fresh = checkpoints.load_official_tinymu(build_model(preset("tiny")), path)
+    fresh_state = fresh.state_dict()
     for key, value in tiny.state_dict().items():
-        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+        assert torch.equal(fresh_state[key], value), key
     # The front-end buffers come from the file.
     torch.testing.assert_close(fresh.encoder.log_mel.mel_fb, tiny.encoder.log_mel.mel_fb * 1.5)
 
@@ -368,8 +369,9 @@ def test_own_checkpoint_round_trip(tiny, tmp_path):
     loaded, header = checkpoints.load_checkpoint(tmp_path / "ckpt")
     assert header.trained is True and header.notes == "unit test" and header.lm_base is None
     assert header.config == tiny.cfg
+    loaded_state = loaded.state_dict()
     for key, value in tiny.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+        assert torch.equal(loaded_state[key], value), key
     engine = load_engine(str(file), device="cpu")
     assert engine.info().trained is True and engine.info().checkpoint == str(file)
 
@@ -393,11 +395,14 @@ def test_delta_checkpoint_over_smollm2(tmp_path):
     stored = checkpoints.load_file(str(file))
     lm_keys = {k for k in stored if k.startswith("lm.")}
     assert lm_keys == {k for k in model.state_dict() if "lora_" in k} | {"lm.model.norm.weight"}
+    assert not any(k.startswith("encoder.") for k in stored)  # still its seeded start: regenerated
+    assert any(k.startswith("projector.") for k in stored)
     assert file.stat().st_size < 3_000_000  # vs ~540 MB for the whole decoder in float32
     loaded, header = checkpoints.load_checkpoint(file)
-    assert header.lm_base == "smollm2-gguf"
+    assert header.lm_base == "smollm2-gguf" and header.encoder_digest
+    loaded_state = loaded.state_dict()
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+        assert torch.equal(loaded_state[key], value), key
 
 
 # -- the real SmolLM2 weights, end to end ----------------------------------------------------
@@ -405,7 +410,7 @@ def test_delta_checkpoint_over_smollm2(tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_end_to_end():
-    engine = load_engine(device="cpu") if False else load_engine("preset:official", device="cpu")
+    engine = load_engine("preset:official", device="cpu")
     info = engine.info()
     assert info.parameters == 229_054_592 and info.trained is False
     # The converted decoder is the real SmolLM2: it knows a simple fact without audio.
@@ -416,3 +421,38 @@ def test_real_smollm2_end_to_end():
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
     text = engine.answer(tone_clip(10.0), "Describe the music.", max_new_tokens=12)
     assert isinstance(text, str) and text.strip()
+
+
+def test_trained_encoder_is_stored_and_seed_mismatch_refused(tmp_path):
+    model = build_model(preset("tiny"))
+    with torch.no_grad():
+        model.encoder.blocks[0].attn.qkv.weight.add_(0.5)
+    file = checkpoints.save_checkpoint(model, tmp_path / "enc.safetensors", trained=True)
+    stored = checkpoints.load_file(str(file))
+    assert "encoder.blocks.0.attn.qkv.weight" in stored
+    assert checkpoints.read_header(file).encoder_digest is None
+
+    seeded = checkpoints.save_checkpoint(build_model(preset("tiny")), tmp_path / "seeded.safetensors", trained=False)
+    header = checkpoints.read_header(seeded)
+    assert header.encoder_digest
+    # Pretend another torch version regenerated different numbers: the digest no longer matches.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(seeded), framework="pt") as handle:
+        meta = handle.metadata()
+    meta["encoder_from_seed"] = "0" * 64
+    save_file(checkpoints.load_file(str(seeded)), str(seeded), metadata=meta)
+    with pytest.raises(checkpoints.CheckpointError, match="re-save"):
+        checkpoints.load_checkpoint(seeded)
+
+
+def test_tokenize_example_follows_reference_format(engine):
+    from model.tinymu import tokenize_example
+
+    p_ids, p_mask, t_ids, t_mask = tokenize_example(engine.tokenizer, "What key is this in?", "A minor")
+    n_prompt, n_target = int(p_mask.sum()), int(t_mask.sum())
+    assert p_ids.shape == t_ids.shape == (129,)
+    assert (p_ids[n_prompt:] == PAD_ID).all() and (t_ids[n_target:] == PAD_ID).all()
+    assert t_ids[n_target - 1] == EOS_ID
+    assert engine.tokenizer.decode(t_ids[: n_target - 1]) == "A minor"
+    assert engine.tokenizer.decode(p_ids[:n_prompt]) == "What key is this in?"

@@ -63,8 +63,16 @@ def label_text(labels: ClipLabels) -> str:
     return "; ".join(parts) + "."
 
 
-def clip_labels_in(data: Path) -> dict[str, ClipLabels]:
-    """Labels of every clip of the data set, keyed by the `file_name` records use."""
+def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
+    """Labels of the clips of one split, keyed by the `file_name` the records use.
+
+    Reads `labels_<split>.jsonl` written by `training.dataset build`; a folder of
+    clips with label JSON beside each wav (training/synth.py) works too."""
+    listed = Path(data) / f"labels_{split}.jsonl"
+    if listed.is_file():
+        from training.dataset import read_labels
+
+        return {clip.file_name: clip for clip in read_labels(data, split)}
     out = {}
     for meta in sorted(Path(data).rglob("*.json")):
         wav = meta.with_suffix(".wav")
@@ -74,7 +82,7 @@ def clip_labels_in(data: Path) -> dict[str, ClipLabels]:
             name = str(rel.relative_to("clips")) if rel.parts[0] == "clips" else str(rel)
             out[name] = ClipLabels.from_metadata(json.loads(meta.read_text()), file_name=name)
     if not out:
-        raise InputError(f"no labelled clips (.wav + .json) under {data}")
+        raise InputError(f"no labelled clips under {data}: build them with `python -m training.dataset build`")
     return out
 
 
@@ -84,15 +92,14 @@ def slot_targets(text_ids: list[int], n_tokens: int) -> torch.Tensor:
 
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
-          seed: int = 0, features_file: Path | None = None, exclude: set[str] | None = None,
-          quiet: bool = False) -> dict:
-    """Train the projector of checkpoint `init` on the label texts of the clips in `data`
-    (except `exclude`, e.g. the test clips); write the checkpoint `out`; return measurements."""
+          seed: int = 0, features_file: Path | None = None, quiet: bool = False) -> dict:
+    """Train the projector of checkpoint `init` on the label texts of the training clips in
+    `data` (never the test split); write the checkpoint `out`; return measurements."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, header = load_checkpoint(init)
     tokenizer = load_tokenizer(model.cfg.lm_weights)
-    labels = {k: v for k, v in clip_labels_in(data).items() if k not in (exclude or set())}
+    labels = clip_labels_in(data)
     names = sorted(labels)
     features = encode_clips(model.encoder, data, names, features_file or Path(out).with_suffix(".features.safetensors"),
                             seconds=model.cfg.audio_seconds, show_progress=not quiet)
@@ -161,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", type=Path, default=None, help="feature cache file (shared with training.train)")
     a = p.parse_args(argv)
-    print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed), indent=1))
+    print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
+                           features_file=a.features), indent=1))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from model.audio import MADMOM_RATE, load_audio
-from model.dsp import MusicAnalyzer, PITCH_CLASSES
+from model.dsp import MusicAnalyzer
+from model.pitch_names import NEUTRAL as PITCH_CLASSES
 from training.synth import SongLabels, generate_set
 
 TARGETS = {

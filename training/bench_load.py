@@ -112,7 +112,7 @@ def summarize(calls: list[Call], wall_s: float) -> dict:
 def run(calls: int = 50, duration_s: float = 10.0, cached_clips: int = 5, max_concurrency: int = 2,
         workdir: Path | None = None) -> dict:
     """Run the benchmark; returns the measured rows (also printed as a table)."""
-    workdir = Path(workdir or Path(".cache") / "bench" / "load")
+    workdir = Path(workdir or Path(".cache") / "bench" / "load").resolve()
     clips_dir = workdir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
     n_new = calls // 2

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from model.errors import InputError
+from model.muchomusic import build_prompt
 from training import qa_templates as T
 from training.labels import (
     DRUMS_FAMILY,
@@ -309,7 +310,14 @@ def _pick_distractors(attribute: str, truth: Any, by_kind: dict[str, list], bala
         # Tempo options must be told apart: keep them at least 8 % from each other.
         return v not in used and (not tempo or all(abs(v - u) / u >= 0.08 for u in used))
 
-    for kind in (IR, CU, IU):
+    # Two related distractors resemble each other as much as the answer, so the answer is not
+    # the one option that every other option was built around.
+    plans = ((IR, CU, IU), (IR, IR, CU), (IR, IR, IU))
+    if attribute == "lead_instrument":
+        # Instrument names carry their family ("... guitar"), so same-family distractors would
+        # cluster around the answer; the lead-family question covers that confusion instead.
+        plans = ((CU, IU, IU),)
+    for kind in rng.choice(plans):
         options = [v for v in by_kind.get(kind, []) if usable(v)]
         if options:
             value = _pick(options, balance, attribute, rng)
@@ -464,8 +472,9 @@ class QAGenerator:
                                     kinds=kinds, template=stem_index)
         if parts is not None:
             meta["parts"] = [parts[i] for i in order]
-        return self._record(clip, "multiple_choice", multiple_choice_prompt(stem, options),
-                            f"({LETTERS[answer]}) {options[answer]}", **meta)
+        # The target is the option text alone: exactly what the engine's log-likelihood choice scores,
+        # and what the MuChoMusic scorer recognises when it finds no single letter.
+        return self._record(clip, "multiple_choice", multiple_choice_prompt(stem, options), options[answer], **meta)
 
     # yes / no ------------------------------------------------------------------------------
     def binary_question(self, clip: ClipLabels, attribute: str) -> QARecord | None:
@@ -516,9 +525,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def multiple_choice_prompt(question: str, options: Sequence[str]) -> str:
-    """The MuChoMusic prompt layout: question, lettered options, 'The correct answer is: '."""
-    lettered = " ".join(f"({letter}) {option}" for letter, option in zip(LETTERS, options))
-    return f"Question: {question}\n Options: {lettered}\n The correct answer is: "
+    """The MuChoMusic prompt: question, lettered options, 'The correct answer is: ' (no in-context example)."""
+    return build_prompt(question, list(options))
 
 
 def profile_text(values: dict[str, Any], noun: str) -> str:

@@ -27,8 +27,9 @@ import soundfile as sf
 import soxr
 from pydantic import BaseModel, Field
 
+from model.pitch_names import key_name, root_names
+
 SAMPLE_RATE = 44100
-PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/soundfonts")
 SOUNDFONT_PREFERENCE = ("FluidR3_GM.sf2", "TimGM6mb.sf2")
 
@@ -198,6 +199,7 @@ def make_song(
     tracks = {role: pretty_midi.Instrument(program=p, name=role) for role, p in programs.items()}
     drum_track = pretty_midi.Instrument(program=0, is_drum=True, name="drums") if has_drums else None
 
+    spelling = root_names(tonic, mode)
     segments: list[ChordSegment] = []
     previous_voicing: list[int] = []
     scale = MAJOR_SCALE if mode == "major" else MINOR_SCALE
@@ -207,7 +209,7 @@ def make_song(
         root, quality = chords[(bar // bars_per_chord) % len(chords)]
         if bar % bars_per_chord == 0:
             segments.append(ChordSegment(start_s=bar_start, end_s=bar_start + bars_per_chord * bar_s,
-                                         label=f"{PITCH_CLASSES[root]}:{quality}"))
+                                         label=f"{spelling[root]}:{quality}"))
         tones = [(root + i) % 12 for i in QUALITIES[quality]]
         voicing = _voice(tones, previous_voicing)
         previous_voicing = voicing
@@ -248,7 +250,7 @@ def make_song(
     ]
     if drum_track is not None:
         instruments.append(InstrumentLabel(role="drums", program=-1, name="Drum Kit", family="Drums"))
-    key_name = f"{PITCH_CLASSES[tonic]} {mode}"
+    key_label = key_name(tonic, mode)
     labels = SongLabels(
         name=name or f"song_{seed}",
         seed=seed,
@@ -256,10 +258,10 @@ def make_song(
         tempo_bpm=tempo,
         meter=f"{spec.beats_per_bar}/4",
         beats_per_bar=spec.beats_per_bar,
-        key=key_name,
-        key_tonic=PITCH_CLASSES[tonic],
+        key=key_label,
+        key_tonic=key_label.split()[0],
         key_mode=mode,
-        progression=[f"{PITCH_CLASSES[r]}:{q}" for r, q in chords],
+        progression=[f"{spelling[r]}:{q}" for r, q in chords],
         chords=segments,
         beats_s=beats,
         downbeats_s=downbeats,

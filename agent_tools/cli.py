@@ -1,0 +1,146 @@
+"""The `tinymu` command line: analyse music from a shell.
+
+    tinymu analyze song.flac [--offset 30 --duration 30] [--json]
+    tinymu demo
+    tinymu plot song.flac -o song.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from model.dsp_results import ClipAnalysis
+from model.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ears for LLM agents: music analysis and TinyMU.")
+console = Console()
+
+DEMO_DIR = Path(".cache/demo")
+DEMO_SONG = dict(seed=7, style="pop", tempo_bpm=112.0, key=(9, "minor"))  # A minor pop song, 112 BPM
+
+
+def analyze_file(audio: Path, offset: float = 0.0, duration: float | None = None) -> ClipAnalysis:
+    """Decode `audio` and analyse it, answering from the result cache when it was analysed before."""
+    from agent_tools.cache import ResultCache, default_cache_dir
+    from model.audio import load_audio
+    from model.dsp import default_analyzer
+
+    clip = load_audio(audio, offset_s=offset, duration_s=duration)
+    cache = ResultCache(default_cache_dir())
+    return cache.get_or_compute("analysis", clip.sha256, {}, ClipAnalysis, lambda: default_analyzer().analyze(clip))
+
+
+def print_analysis(analysis: ClipAnalysis, title: str, max_chords: int = 16) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    window = f"{analysis.offset_s:.1f}-{analysis.offset_s + analysis.duration_s:.1f} s"
+    rows = [("window", window)]
+    if analysis.silent:
+        rows.append(("result", analysis.summary))
+    else:
+        tempo, beats, key, chords = analysis.tempo, analysis.beats, analysis.key, analysis.chords
+        alternatives = ", ".join(f"{c.bpm:g} ({c.relation})" for c in tempo.alternatives)
+        rows += [
+            ("tempo", f"{tempo.bpm:g} BPM" if tempo.bpm else "-") if tempo.bpm is None else
+            ("tempo", f"{tempo.bpm:g} BPM  confidence {tempo.confidence:.2f}  also: {alternatives}"),
+            ("meter", f"{beats.meter or '-'}  ({len(beats.beats_s)} beats, {len(beats.downbeats_s)} bars)"),
+            ("key", f"{key.key}  confidence {key.confidence:.2f}  next: "
+                    + ", ".join(f"{c.key} {c.confidence:.2f}" for c in key.alternatives[:2]) if key.key else key.summary),
+            ("chords", chords.summary),
+        ]
+        segments = [f"{s.start_s:6.2f}  {s.label}" for s in chords.segments[:max_chords]]
+        more = len(chords.segments) - max_chords
+        rows.append(("chord times", "\n".join(segments) + (f"\n... {more} more" if more > 0 else "")))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+@app.command()
+def analyze(
+    audio: Annotated[Path, typer.Argument(help="Audio file (wav, flac, ogg, mp3, aiff ...).")],
+    offset: Annotated[float, typer.Option(help="Start of the window to analyse, seconds.")] = 0.0,
+    duration: Annotated[float | None, typer.Option(help="Length of the window, seconds (default: to the end).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Tempo, beats, meter, key and chords of AUDIO."""
+    try:
+        analysis = analyze_file(audio, offset, duration)
+    except InputError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if json:
+        print(analysis.model_dump_json(indent=2))
+    else:
+        print_analysis(analysis, title=str(audio))
+
+
+@app.command()
+def demo() -> None:
+    """Render an example song with the project's own synthesiser, analyse it and compare with what was written."""
+    from training.synth import write_song
+
+    with console.status("rendering the example song"):
+        labels = write_song(DEMO_DIR, duration_s=30.0, name="example", **DEMO_SONG)
+    path = DEMO_DIR / "example.wav"
+    console.print(f"Rendered {path}: {labels.style} in {labels.key}, {labels.tempo_bpm:g} BPM, {labels.meter}, "
+                  f"loop {' '.join(labels.progression)}, lead {labels.lead_instrument}.")
+    with console.status("analysing (first run loads the madmom networks)"):
+        analysis = analyze_file(path)
+    print_analysis(analysis, title=f"tinymu analyze {path}")
+
+
+# `tinymu serve ...`: long-running servers (the MCP server here; the model service adds `serve model`).
+serve_app = typer.Typer(no_args_is_help=True, help="Run a server: `mcp` (the MCP server) and friends.")
+app.add_typer(serve_app, name="serve")
+
+
+def _register_serve_mcp() -> None:
+    from mcp_server.cli import serve as serve_mcp
+
+    serve_app.command("mcp")(serve_mcp)
+
+
+_register_serve_mcp()
+
+
+
+@app.command()
+def plot(
+    audio: Annotated[Path, typer.Argument(help="Audio file to draw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the PNG.")] = Path("plot.png"),
+    offset: Annotated[float, typer.Option(help="Start of the window to draw, seconds.")] = 0.0,
+    duration: Annotated[float | None, typer.Option(help="Length of the window, seconds (default: to the end).")] = None,
+) -> None:
+    """Draw AUDIO as a PNG: mel spectrogram, chord segments, and the waveform with beats and downbeats."""
+    from model.audio import load_audio
+    from model.plot import plot_clip_png
+
+    try:
+        clip = load_audio(audio, offset_s=offset, duration_s=duration)
+        analysis = analyze_file(audio, offset, duration)
+    except InputError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    shift = clip.offset_s  # analyses report file times; the picture starts at the window
+    facts = [f"{analysis.tempo.bpm:.0f} BPM" if analysis.tempo.bpm else "", analysis.key.key or "", analysis.beats.meter or ""]
+    png = plot_clip_png(
+        clip,
+        beats=[t - shift for t in analysis.beats.beats_s],
+        downbeats=[t - shift for t in analysis.beats.downbeats_s],
+        chords=[(s.start_s - shift, s.end_s - shift, s.label) for s in analysis.chords.segments],
+        title=f"{audio.name}  -  " + ", ".join(f for f in facts if f),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(png)
+    console.print(f"Wrote {out} ({len(png) // 1024} KiB): {analysis.summary}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,53 @@
+"""The `tinymu analyze` and `tinymu demo` commands, run through typer's runner on real audio."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agent_tools.cli import app
+
+
+@pytest.fixture()
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYMU_CACHE_DIR", str(tmp_path / "cache"))
+    return CliRunner()
+
+
+def test_analyze_json_and_table(runner, labelled_clips, tmp_path):
+    clip = labelled_clips["rock_a_minor"]
+    result = runner.invoke(app, ["analyze", str(clip.path), "--offset", "2", "--duration", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    analysis = json.loads(result.output)
+    assert analysis["offset_s"] == 2.0 and analysis["duration_s"] == 12.0
+    assert analysis["key"]["key"] == clip.labels.key
+    assert analysis["tempo"]["bpm"] == pytest.approx(clip.labels.tempo_bpm, rel=0.04)
+    assert list((tmp_path / "cache").rglob("analysis-*.json")), "the analysis was cached on disk"
+
+    table = runner.invoke(app, ["analyze", str(clip.path), "--offset", "2", "--duration", "12"])
+    assert table.exit_code == 0
+    assert clip.labels.key in table.output and "BPM" in table.output and "4/4" in table.output
+
+
+def test_analyze_bad_input_is_a_clear_error(runner, tmp_path):
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("not audio at all\n" * 50)
+    result = runner.invoke(app, ["analyze", str(notes)])
+    assert result.exit_code == 2
+    assert "cannot decode" in result.output
+    missing = runner.invoke(app, ["analyze", str(tmp_path / "nope.wav")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_demo_renders_and_analyses(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ".cache" / "demo" / "example.wav").is_file()
+    # The analysis table (not just the line describing what was rendered) reports the written key and tempo.
+    table = result.output.split("tinymu analyze", 1)[1]
+    assert "A minor  confidence" in table
+    bpm = float(table.split("tempo", 1)[1].split("BPM")[0].strip(" │|"))
+    assert bpm == pytest.approx(112.0, rel=0.04)

@@ -1,0 +1,118 @@
+"""The madmom DSP tools recover what the synthetic music was written with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model.audio import load_audio
+from model.dsp import find_loop
+from model.dsp_results import ClipAnalysis
+
+
+@pytest.fixture(scope="module")
+def analyses(labelled_clips, analyzer) -> dict[str, ClipAnalysis]:
+    return {name: analyzer.analyze(load_audio(clip.path)) for name, clip in labelled_clips.items()}
+
+
+@pytest.mark.parametrize("name", ["rock_a_minor", "waltz_eb_major", "chamber_f_major"])
+def test_tempo_within_4_percent_with_alternatives(labelled_clips, analyses, name):
+    truth, tempo = labelled_clips[name].labels, analyses[name].tempo
+    assert tempo.bpm == pytest.approx(truth.tempo_bpm, rel=0.04)
+    assert 0 < tempo.confidence <= 1
+    assert {c.relation for c in tempo.alternatives} == {"half", "double"}
+    half = next(c for c in tempo.alternatives if c.relation == "half")
+    assert half.bpm == pytest.approx(tempo.bpm / 2, abs=0.1)
+    assert f"{tempo.bpm:.0f} BPM" in tempo.summary
+
+
+@pytest.mark.parametrize("name", ["rock_a_minor", "waltz_eb_major", "chamber_f_major"])
+def test_key_exact(labelled_clips, analyses, name):
+    truth, key = labelled_clips[name].labels, analyses[name].key
+    assert key.key == truth.key
+    assert (key.tonic, key.mode) == (truth.key_tonic, truth.key_mode)
+    assert key.confidence > max(c.confidence for c in key.alternatives)
+    assert truth.key in key.summary
+
+
+@pytest.mark.parametrize("name", ["rock_a_minor", "waltz_eb_major", "chamber_f_major"])
+def test_meter_and_downbeats_on_the_right_beats(labelled_clips, analyses, name):
+    truth, beats = labelled_clips[name].labels, analyses[name].beats
+    assert beats.meter == truth.meter and beats.beats_per_bar == truth.beats_per_bar
+    beat_s = 60 / truth.tempo_bpm
+    # Every detected beat sits on a true beat (within 70 ms), skipping the first second's lead-in.
+    true_beats = np.array(truth.beats_s)
+    detected = np.array([b for b in beats.beats_s if b > 1.0])
+    assert np.max(np.min(np.abs(detected[:, None] - true_beats[None, :]), axis=1)) < 0.07
+    assert len(detected) >= 0.9 * np.sum(true_beats > 1.0)
+    # Downbeats fall on bar starts, not on other beats of the bar.
+    true_downbeats = np.array(truth.downbeats_s)
+    downbeats = np.array([d for d in beats.downbeats_s if d > 1.0])
+    distance = np.min(np.abs(downbeats[:, None] - true_downbeats[None, :]), axis=1)
+    assert np.all(distance < 0.25 * beat_s)
+    assert len(downbeats) >= np.sum(true_downbeats > 1.0) - 1
+
+
+@pytest.mark.parametrize("name", ["rock_a_minor", "waltz_eb_major", "chamber_f_major"])
+def test_chords_overlap_the_written_ones(labelled_clips, analyses, name):
+    import mir_eval
+
+    truth, chords = labelled_clips[name].labels, analyses[name].chords
+    ref_iv = np.array([[c.start_s, c.end_s] for c in truth.chords])
+    est_iv = np.array([[s.start_s, s.end_s] for s in chords.segments])
+    est_iv, est_lab = mir_eval.util.adjust_intervals(est_iv, [s.label for s in chords.segments], 0, truth.duration_s, "N", "N")
+    iv, ref, est = mir_eval.util.merge_labeled_intervals(ref_iv, [c.label for c in truth.chords], est_iv, est_lab)
+    overlap = mir_eval.chord.weighted_accuracy(mir_eval.chord.majmin(ref, est), mir_eval.util.intervals_to_durations(iv))
+    assert overlap >= 0.85
+    # The summary names the written loop (as a rotation: the analysis may start listening mid-loop).
+    written = [label.replace(":7", ":maj").replace(":maj7", ":maj").replace(":min7", ":min") for label in truth.progression]
+    collapsed = [c for i, c in enumerate(written) if c != written[i - 1]] or written
+    loop = chords.progression
+    assert sorted(loop) == sorted(collapsed)
+    assert " ".join(loop) in chords.summary
+
+
+def test_analyze_shares_work_and_matches_single_tools(labelled_clips, analyzer, analyses):
+    clip = load_audio(labelled_clips["rock_a_minor"].path)
+    assert analyzer.tempo(clip) == analyses["rock_a_minor"].tempo
+    assert analyzer.chords(clip) == analyses["rock_a_minor"].chords
+    assert analyses["rock_a_minor"].sha256 == clip.sha256
+
+
+def test_window_reports_file_times(labelled_clips, analyzer):
+    path = labelled_clips["rock_a_minor"].path
+    window = analyzer.beats(load_audio(path, offset_s=4.0, duration_s=10.0))
+    assert 4.0 <= window.beats_s[0] < 5.0 and window.beats_s[-1] <= 14.0
+    truth = np.array(labelled_clips["rock_a_minor"].labels.downbeats_s)
+    assert all(np.min(np.abs(truth - d)) < 0.06 for d in window.downbeats_s if d > 5.0)
+
+
+def test_silence_reports_nothing_found(tmp_path, analyzer):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(5 * 44100, dtype=np.float32), 44100, subtype="PCM_16")
+    result = analyzer.analyze(load_audio(path))
+    assert result.silent
+    assert result.tempo.bpm is None and result.beats.beats_s == [] and result.beats.meter is None
+    assert result.key.key is None and result.chords.segments == []
+    assert "silent" in result.summary.lower() and "silent" in result.key.summary
+
+
+def test_noise_has_no_key_or_chords(tmp_path, analyzer):
+    noise = np.random.default_rng(1).normal(0, 0.2, 6 * 44100).astype(np.float32)
+    path = tmp_path / "noise.wav"
+    sf.write(path, noise, 44100, subtype="PCM_16")
+    result = analyzer.analyze(load_audio(path))
+    assert not result.silent
+    assert result.key.key is None, result.key
+    assert all(s.label == "N" for s in result.chords.segments)
+
+
+def test_find_loop():
+    assert find_loop("A:min F:maj C:maj G:maj A:min F:maj C:maj G:maj A:min F:maj".split()) == (
+        ["A:min", "F:maj", "C:maj", "G:maj"], 2.5)
+    # A gap (N) inside a repeated chord does not break the loop: C C G C G C G is C G three times.
+    assert find_loop(["C:maj", "N", "C:maj", "G:maj", "C:maj", "G:maj", "C:maj", "G:maj"]) == (["C:maj", "G:maj"], 3.0)
+    assert find_loop(["C:maj", "D:min", "E:min", "F:maj", "G:maj"]) == ([], 0.0)
+    # A loop may return to a chord before it repeats (i iv i V).
+    assert find_loop("A:min D:min A:min E:maj".split() * 3) == (["A:min", "D:min", "A:min", "E:maj"], 3.0)

@@ -1,0 +1,151 @@
+"""Training package: the compact layout's loss, a tiny training run with resume, encoder
+pretraining and projector alignment, all on a few clips rendered by our own generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import preset
+from model.tinymu import build_model
+from training import qa, synth
+from training.labels import ClipLabels
+from training.train import TextBatch, compact_loss, parse_args, train
+
+CLIP_SECONDS = 6.0
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Four rendered clips with QA records: three clips train, one validates."""
+    root = tmp_path_factory.mktemp("train_data")
+    songs = [synth.write_song(root / "clips", 100 + i, duration_s=CLIP_SECONDS, name=f"c{i}", style=style)
+             for i, style in enumerate(["rock", "waltz", "bossa", "ballad"])]
+    labels = [ClipLabels.from_metadata(s.model_dump(), file_name=f"{s.name}.wav") for s in songs]
+    records = qa.generate_qa(labels, seed=0, tasks=["multiple_choice", "binary"])
+    qa.write_jsonl([r for r in records if r.file_name != "c3.wav"], root / "train.jsonl")
+    qa.write_jsonl([r for r in records if r.file_name == "c3.wav"], root / "val.jsonl")
+    return root
+
+
+def _reference_batch(examples_prompt, examples_target, length=129):
+    """Prompts and targets padded to the full reference length (129), as the reference code does."""
+    def pad(rows):
+        ids = torch.full((len(rows), length), 17, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask
+    return (*pad(examples_prompt), *pad(examples_target))
+
+
+def test_compact_layout_loss_equals_reference_layout():
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")).eval()
+    audio = torch.randn(2, 7, model.cfg.encoder.output_dim)
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    targets = [[20, 21, 22, 0], [23, 0]]
+    p_ids, p_mask, t_ids, t_mask = _reference_batch(prompts, targets)
+    with torch.no_grad():
+        reference = model(p_ids, p_mask, t_ids, t_mask, audio_tokens=audio)
+        # Compact: prompts padded to the longest + 1, targets to the longest.
+        cp_ids, cp_mask = p_ids[:, :6], p_mask[:, :6]
+        ct_ids, ct_mask = t_ids[:, :4], t_mask[:, :4]
+        compact = compact_loss(model, audio, TextBatch(cp_ids, cp_mask, ct_ids, ct_mask))
+    assert torch.isfinite(reference)
+    assert compact.item() == pytest.approx(reference.item(), rel=1e-4, abs=1e-5)
+
+
+def test_tiny_training_lowers_loss_resumes_and_loads_into_engine(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--mode", "full", "--lr", "3e-3",
+              "--batch", "8", "--micro-batch", "4", "--eval-every", "4", "--save-every", "4", "--quiet"]
+    first = train(parse_args(common + ["--max-steps", "8"]))
+    assert first["steps"] == 8
+    progress = json.loads((out / "state" / "progress.json").read_text())
+    assert progress["step"] == 8
+    val = progress["history"]["val"]
+    assert val[-1][1] < val[0][1] - 0.5, f"validation loss did not fall: {val}"
+
+    resumed = train(parse_args(common + ["--max-steps", "12", "--resume"]))
+    assert resumed["steps"] == 12
+    history = json.loads((out / "history.json").read_text())
+    steps = [s for s, _ in history["train"]]
+    assert steps == list(range(1, 13)), "resume must continue from step 9, not restart"
+    assert (out / "loss.png").stat().st_size > 1000
+
+    from model.engine import load_engine
+
+    engine = load_engine(str(out / "tinymu.safetensors"))
+    assert engine.info().trained
+    choice = engine.choose(np.zeros(16000 * 3, dtype=np.float32), "Which style is this?", ["rock", "waltz", "bossa nova"])
+    assert sum(choice.probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
+    from training.train import build_for_training, set_trainable
+
+    cfg = parse_args(["--data", str(tiny_data), "--out", str(tmp_path), "--preset", "tiny", "--mode", "lora",
+                      "--lora-rank", "4"])
+    model = build_for_training(cfg)
+    names = set_trainable(model, "lora")
+    assert names and all(n.startswith("projector.") or ".lora_" in n for n in names)
+    assert any(".lora_A" in n for n in names)
+
+
+def test_matpac_pretraining_lowers_its_loss(tiny_data):
+    from training.pretrain_encoder import MatpacPretrainer, log_mels
+
+    torch.manual_seed(0)
+    encoder = build_model(preset("tiny")).encoder
+    mels = log_mels(encoder, sorted((tiny_data / "clips").glob("*.wav")), CLIP_SECONDS)[:, :, :256].float()
+    ssl = MatpacPretrainer(encoder)
+    opt = torch.optim.Adam([p for p in ssl.parameters() if p.requires_grad], lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    predict, classify = [], []
+    for step in range(25):
+        generator.manual_seed(0)  # the same mask every step: the prediction loss must fall on it
+        losses = ssl(mels, generator)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        ssl.update_teacher(step / 25)
+        predict.append(losses["predict"].item())
+        classify.append(losses["classify"].item())
+    assert np.isfinite(predict + classify).all()
+    # The teacher moves too, so the targets drift; the masked-latent error still has to shrink clearly.
+    assert np.mean(predict[-5:]) < 0.8 * np.mean(predict[:5]), predict
+    # The DINO-style head neither blows up nor ends worse than a uniform guess over the prototypes.
+    assert max(classify) < 2 * np.log(ssl.cfg.prototypes)
+
+
+def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
+    from model.checkpoints import load_checkpoint
+    from training.pretrain_encoder import parse_args as pretrain_args
+    from training.pretrain_encoder import pretrain
+
+    out = tmp_path / "encoder.safetensors"
+    report = pretrain(pretrain_args(["--data", str(tiny_data / "clips"), "--out", str(out), "--preset", "tiny",
+                                     "--steps", "3", "--supervised-steps", "30", "--batch", "3",
+                                     "--crop-frames", "256", "--quiet", "--no-probe"]))
+    assert report["supervised_loss_last"] < report["supervised_loss_first"]
+    model, header = load_checkpoint(out)
+    assert not header.trained
+    assert model.encoder.cfg.embed_dim == preset("tiny").encoder.embed_dim
+
+
+def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
+    from model.checkpoints import save_checkpoint
+    from training.align import align, label_text
+    from training.labels import ClipLabels
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+    report = align(tiny_data, str(init), tmp_path / "aligned.safetensors", steps=60, batch=3, lr=3e-3, quiet=True)
+    assert report["loss_last"] < report["loss_first"] / 2
+    labels = ClipLabels.from_metadata(json.loads((tiny_data / "clips" / "c1.json").read_text()))
+    assert "waltz" in label_text(labels) and "3/4" in label_text(labels)
