@@ -32,7 +32,8 @@ def analyze_file(audio: Path, offset: float = 0.0, duration: float | None = None
 
     clip = load_audio(audio, offset_s=offset, duration_s=duration)
     cache = ResultCache(default_cache_dir())
-    return cache.get_or_compute("analysis", clip.sha256, {}, ClipAnalysis, lambda: default_analyzer().analyze(clip))
+    params = {"offset_s": round(clip.offset_s, 4)}  # results carry file times, so the offset is part of the key
+    return cache.get_or_compute("analysis", clip.sha256, params, ClipAnalysis, lambda: default_analyzer().analyze(clip))
 
 
 def print_analysis(analysis: ClipAnalysis, title: str, max_chords: int = 16) -> None:
@@ -108,6 +109,29 @@ def _register_serve_mcp() -> None:
 
 
 _register_serve_mcp()
+
+
+@serve_app.command("model")
+def serve_model_command(
+    checkpoint: Annotated[str | None, typer.Option(help="TinyMU weights (.safetensors, directory or official "
+                                                        "tinymu.pt); default: the shipped checkpoint.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (bfloat16 on CUDA).")] = "auto",
+    host: Annotated[str, typer.Option(help="Bind address; non-loopback addresses require a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    token_env: Annotated[str, typer.Option(help="Environment variable holding the bearer token.")] = "TINYMU_TOKEN",
+    batch_window_ms: Annotated[float, typer.Option(help="How long to gather concurrent requests into a batch.")] = 10.0,
+    max_batch: Annotated[int, typer.Option(help="Most requests in one batch.")] = 8,
+) -> None:
+    """Serve TinyMU over HTTP (answer, caption, choose, embed, health; OpenAPI at /openapi.json).
+    Agent hosts reach it by setting TINYMU_URL (and TINYMU_TOKEN)."""
+    from model.service import serve_model
+
+    try:
+        serve_model(checkpoint=checkpoint, device=device, host=host, port=port, token_env=token_env,
+                    batch_window_ms=batch_window_ms, max_batch=max_batch)
+    except (InputError, ValueError) as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 

@@ -44,6 +44,7 @@ class Settings:
     model_token: str | None = None  # TINYMU_TOKEN: its bearer token
     call_timeout_s: float = 300.0  # per tool call, enforced by the servers
     max_concurrency: int = 2  # heavy computations (madmom, the model) at once; cache hits never wait
+    dsp_workers: int = 0  # 0: madmom runs in the calling thread; N: in N worker processes (servers)
 
     def allowed_roots(self) -> tuple[Path, ...]:
         """The resolved root directories (the current working directory when none is configured)."""
@@ -60,7 +61,7 @@ class Settings:
 
         TINYMU_ROOTS (paths joined by the OS path separator), TINYMU_ALLOW_URLS (1/true),
         TINYMU_CACHE_DIR, TINYMU_URL, TINYMU_TOKEN, TINYMU_CALL_TIMEOUT_S,
-        TINYMU_MAX_CONCURRENCY, TINYMU_MAX_DURATION_S, TINYMU_MAX_AUDIO_MB.
+        TINYMU_MAX_CONCURRENCY, TINYMU_DSP_WORKERS, TINYMU_MAX_DURATION_S, TINYMU_MAX_AUDIO_MB.
         """
         env = os.environ if environ is None else environ
         defaults = cls()
@@ -79,4 +80,5 @@ class Settings:
             model_token=env.get("TINYMU_TOKEN") or None,
             call_timeout_s=float(env.get("TINYMU_CALL_TIMEOUT_S", defaults.call_timeout_s)),
             max_concurrency=int(env.get("TINYMU_MAX_CONCURRENCY", defaults.max_concurrency)),
+            dsp_workers=int(env.get("TINYMU_DSP_WORKERS", defaults.dsp_workers)),
         )

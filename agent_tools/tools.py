@@ -27,6 +27,7 @@ from pydantic import Field
 
 from agent_tools.cache import ResultCache
 from agent_tools.config import Settings
+from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
 from agent_tools.router import route
 from agent_tools.recommend import (
@@ -199,8 +200,20 @@ class MusicTools:
         with self._compute_slots:
             yield
 
-    def _measure(self, kind: str, clip: AudioClip, result_cls, compute: Callable):
-        """A DSP result from the cache, or computed (and cached) now."""
+    def _dsp(self, kind: str, clip: AudioClip) -> Callable:
+        """How to compute DSP analysis `kind` of `clip`: in a worker process when configured, else here."""
+        if self.settings.dsp_workers:
+            return lambda: analyse_in_worker(kind, clip, self.settings.dsp_workers)
+        analyzer = self.analyzer
+        return lambda: analyzer.analyze(clip) if kind == "analysis" else getattr(analyzer, kind)(clip)
+
+    def _measure(self, kind: str, clip: AudioClip, result_cls, compute: Callable | None = None):
+        """A DSP result from the cache, or computed (and cached) now.
+
+        `kind` is "analysis" (everything) or "tempo", "beats", "key", "chords"; `compute` overrides
+        how it is computed (default: the madmom analyzer, in worker processes if configured).
+        """
+        compute = compute or self._dsp(kind, clip)
         report_progress(2, 3, f"measuring {kind}")
         # Results carry file times, so a window's offset is part of the key.
         params = {"offset_s": round(clip.offset_s, 3)} if clip.offset_s else {}
@@ -227,7 +240,7 @@ class MusicTools:
         instruments, genre, mood or a description use describe_music or ask_about_music instead.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        analysis = self._measure("analysis", clip, ClipAnalysis, lambda: self.analyzer.analyze(clip))
+        analysis = self._measure("analysis", clip, ClipAnalysis)
         return ClipReport(summary=analysis.summary, audio=info, analysis=analysis)
 
     def estimate_tempo(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> TempoReport:
@@ -238,7 +251,7 @@ class MusicTools:
         the time signature use track_beats; for everything at once use analyze_clip.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        tempo = self._measure("tempo", clip, TempoResult, lambda: self.analyzer.tempo(clip))
+        tempo = self._measure("tempo", clip, TempoResult)
         return TempoReport(summary=tempo.summary, audio=info, tempo=tempo)
 
     def track_beats(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> BeatsReport:
@@ -248,7 +261,7 @@ class MusicTools:
         For just the BPM use estimate_tempo.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        beats = self._measure("beats", clip, BeatsResult, lambda: self.analyzer.beats(clip))
+        beats = self._measure("beats", clip, BeatsResult)
         return BeatsReport(summary=beats.summary, audio=info, beats=beats)
 
     def detect_key(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> KeyReport:
@@ -258,7 +271,7 @@ class MusicTools:
         For the chords themselves use recognize_chords.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        key = self._measure("key", clip, KeyResult, lambda: self.analyzer.key(clip))
+        key = self._measure("key", clip, KeyResult)
         return KeyReport(summary=key.summary, audio=info, key=key)
 
     def recognize_chords(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> ChordsReport:
@@ -269,7 +282,7 @@ class MusicTools:
         For the overall key use detect_key.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        chords = self._measure("chords", clip, ChordsResult, lambda: self.analyzer.chords(clip))
+        chords = self._measure("chords", clip, ChordsResult)
         return ChordsReport(summary=chords.summary, audio=info, chords=chords)
 
     # --- model tools -------------------------------------------------------------------
@@ -381,7 +394,7 @@ class MusicTools:
         measured: dict[str, object] = {}
         evidence: list[str] = []
         if decision.dsp:
-            analysis = self._measure("analysis", clip, ClipAnalysis, lambda: self.analyzer.analyze(clip))
+            analysis = self._measure("analysis", clip, ClipAnalysis)
             for name in decision.dsp:
                 result = getattr(analysis, name)
                 measured[name] = result

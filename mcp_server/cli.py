@@ -62,6 +62,11 @@ def serve(
     ] = None,
     max_concurrency: Annotated[int | None, typer.Option(help="Analyses or model calls computing at once.")] = None,
     call_timeout: Annotated[float | None, typer.Option(help="Per-call timeout in seconds.")] = None,
+    dsp_workers: Annotated[
+        int | None,
+        typer.Option(help="Run madmom in this many worker processes (parallel analyses, a responsive server); "
+                          "0 analyses in the server process."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
 ) -> None:
     """Run the TinyMU MCP server (stdio by default; --http for streamable HTTP)."""
@@ -75,8 +80,6 @@ def serve(
         )
         raise typer.Exit(code=2)
 
-    from mcp.server.transport_security import TransportSecuritySettings
-
     from mcp_server.server import build_server
 
     split_roots = tuple(Path(p) for root in roots or () for p in str(root).split(os.pathsep) if p)
@@ -86,6 +89,7 @@ def serve(
         cache_dir=cache_dir,
         max_concurrency=max_concurrency,
         call_timeout_s=call_timeout,
+        dsp_workers=dsp_workers,
     )
     for root in settings.allowed_roots():
         if not root.is_dir():
@@ -95,22 +99,39 @@ def serve(
     server = build_server(settings, token=token if http else None, public_url=f"http://{host}:{port}")
     # Load the madmom processors in the background so the first tool call does not pay for it
     # and the client's initialize handshake is answered at once.
-    threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True).start()
+    if settings.dsp_workers:
+        from agent_tools.dsp_workers import start
+
+        start(settings.dsp_workers)
+    else:
+        threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True).start()
     log.info("roots: %s; urls %s", ", ".join(map(str, settings.allowed_roots())), "on" if settings.allow_urls else "off")
 
     if not http:
         server.run()
         return
-    loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-    own = [] if host in ("0.0.0.0", "::") else [f"{host}:*" if ":" not in host else f"[{host}]:*"]
-    hosts = list(dict.fromkeys([*loopback, *own, *(allowed_host or [])]))
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=hosts,
-        allowed_origins=[f"http://{h.replace(':*', '')}:*" for h in hosts],
-    )
+    security = rebinding_protection(host, allowed_host or [])
+    if host in ("0.0.0.0", "::") and not allowed_host:
+        typer.echo(
+            f"Note: bound to {host}; requests are accepted only with a loopback Host header until you name the "
+            "server's address with --allowed-host (e.g. --allowed-host 'music.lan:*').",
+            err=True,
+        )
     typer.echo(f"TinyMU MCP server on http://{host}:{port}/mcp (auth: {'bearer token' if token else 'none'})", err=True)
     server.run(transport="streamable-http", host=host, port=port, transport_security=security)
+
+
+def rebinding_protection(host: str, extra_hosts: list[str]):
+    """DNS-rebinding protection: only these Host (and Origin) headers are served; never switched off."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in ("0.0.0.0", "::"):
+        names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    hosts = list(dict.fromkeys([f"{name}:*" for name in names] + list(extra_hosts)))
+    bare = [h.rsplit(":", 1)[0] if not h.endswith("]") else h for h in hosts]  # drop ports for origins
+    origins = [f"{scheme}://{name}:*" for name in dict.fromkeys(bare) for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 def main() -> None:

@@ -51,14 +51,15 @@ PROFILE_WEIGHT = 10.0  # log-odds per unit of profile correlation; results are f
 HARMONY_WEIGHT = 1.5  # weight of harmonic change against downbeat activation when choosing bar phase
 HALF_TEMPO_RATIO = 0.5  # weaker beats below this fraction of the stronger ones are off-beats
 DOUBLE_TEMPO_RATIO = 0.7  # activation between beats above this fraction of that on beats: beats were missed
-MIN_KEY_CONFIDENCE = 0.15  # below this the key posterior is too flat to report a key
+MIN_KEY_CONFIDENCE = 0.4  # below this the key posterior is too flat to report a key (a lone sine scores 0.3)
+MIN_BEAT_ACTIVATION = 0.1  # mean beat activation on tracked beats; music scores >= 0.3, noise and drones < 0.08
 MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
 
 
 class MusicAnalyzer:
     """madmom processors kept warm; thread-safe (calls are serialised by one lock)."""
 
-    def __init__(self, feature_memo_size: int = 4):
+    def __init__(self, feature_memo_size: int = 2):
         self._lock = threading.RLock()
         self._processors: dict | None = None
         self._memo: OrderedDict[str, dict] = OrderedDict()
@@ -67,6 +68,11 @@ class MusicAnalyzer:
     def warm_up(self) -> None:
         """Load every network now rather than on the first request."""
         self._procs()
+
+    def forget(self) -> None:
+        """Drop the memoised features of recent clips (the next call on any clip recomputes)."""
+        with self._lock:
+            self._memo.clear()
 
     # ---- public analyses -------------------------------------------------
 
@@ -108,7 +114,8 @@ class MusicAnalyzer:
 
     def analyze(self, clip: AudioClip) -> ClipAnalysis:
         """All analyses at once, sharing one beat activation and one chroma computation."""
-        tempo, beats, key, chords = self.tempo(clip), self.beats(clip), self.key(clip), self.chords(clip)
+        with self._lock:  # one clip's features stay in the memo until all four are done
+            tempo, beats, key, chords = self.tempo(clip), self.beats(clip), self.key(clip), self.chords(clip)
         if clip.is_silent:
             summary = "Silent audio: no tempo, beats, key or chords found."
         else:
@@ -135,8 +142,8 @@ class MusicAnalyzer:
         return self._processors
 
     def _features(self, clip: AudioClip) -> dict:
-        """Per-clip memo of network outputs; keyed by content hash (the window is part of it)."""
-        memo_key = clip.sha256
+        """Per-clip memo of network outputs, keyed by content and offset (results carry file times)."""
+        memo_key = f"{clip.sha256}@{clip.offset_s:.4f}"
         if memo_key in self._memo:
             self._memo.move_to_end(memo_key)
             return self._memo[memo_key]
@@ -173,7 +180,7 @@ class MusicAnalyzer:
         beats = tracked[:, 0] if len(tracked) else np.empty(0)
         beats, tempo = _correct_tempo(beats, activation)
         if tempo.bpm is None:
-            feats["tempo"], feats["beats"] = tempo, _silent_beats("No steady beat found.")
+            feats["tempo"], feats["beats"] = tempo, _silent_beats("No beats or meter.")
             return feats
         chroma = self._get(feats, "chroma")
         beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma)
@@ -274,6 +281,8 @@ def _correct_tempo(beats: np.ndarray, activation: np.ndarray) -> tuple[np.ndarra
         return beats, TempoResult(bpm=None, confidence=0.0, summary="No tempo: no steady beat found.")
     beat_strength = activation.sum(axis=1)
     on_beats = _peak_near(beat_strength, beats)
+    if on_beats.mean() < MIN_BEAT_ACTIVATION:  # the tracker always returns a grid; here nothing pulses
+        return beats[:0], TempoResult(bpm=None, confidence=0.0, summary="No tempo: no steady beat found.")
     between = _peak_near(beat_strength, (beats[:-1] + beats[1:]) / 2)
     even, odd = on_beats[0::2].mean(), on_beats[1::2].mean()
     weak_ratio = min(even, odd) / max(max(even, odd), 1e-9)

@@ -217,7 +217,8 @@ def serve_model(checkpoint: str | None = None, device: str = "auto", host: str =
 
     token = os.environ.get(token_env) or None
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without a token: set %s to require one", host, token_env)
+        raise ValueError(f"refusing to serve on {host} without a token: set the environment variable "
+                         f"{token_env} (clients send it as TINYMU_TOKEN)")
     engine = load_engine(checkpoint, device=device)
     info = engine.info()
     log.info("TinyMU on %s (%s, trained=%s)", info.device, info.checkpoint or "untrained default", info.trained)

@@ -98,12 +98,15 @@ def test_silence_reports_nothing_found(tmp_path, analyzer):
     assert "silent" in result.summary.lower() and "silent" in result.key.summary
 
 
-def test_noise_has_no_key_or_chords(tmp_path, analyzer):
-    noise = np.random.default_rng(1).normal(0, 0.2, 6 * 44100).astype(np.float32)
-    path = tmp_path / "noise.wav"
-    sf.write(path, noise, 44100, subtype="PCM_16")
+@pytest.mark.parametrize("sound", ["noise", "sine"])
+def test_noise_and_drones_have_no_invented_tempo_or_key(tmp_path, analyzer, sound):
+    t = np.arange(8 * 44100) / 44100
+    samples = np.random.default_rng(1).normal(0, 0.2, len(t)) if sound == "noise" else 0.3 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / f"{sound}.wav"
+    sf.write(path, samples.astype(np.float32), 44100, subtype="PCM_16")
     result = analyzer.analyze(load_audio(path))
     assert not result.silent
+    assert result.tempo.bpm is None and result.beats.beats_s == [] and "No tempo" in result.tempo.summary
     assert result.key.key is None, result.key
     assert all(s.label == "N" for s in result.chords.segments)
 

@@ -201,9 +201,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the byte-cap tests hang up mid-download on purpose
+
+
 @pytest.fixture(scope="module")
 def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _QuietServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
@@ -309,9 +314,11 @@ def test_settings_from_env(tmp_path):
         "TINYMU_CACHE_DIR": str(tmp_path / "cache"),
         "TINYMU_MAX_DURATION_S": "60",
         "TINYMU_URL": "http://gpu-host:8000",
+        "TINYMU_DSP_WORKERS": "3",
     }
     settings = Settings.from_env(env)
     assert settings.roots == (tmp_path / "a", tmp_path / "b")
     assert settings.allow_urls and settings.cache_dir == tmp_path / "cache"
     assert settings.audio_limits.max_duration_s == 60 and settings.model_url == "http://gpu-host:8000"
+    assert settings.dsp_workers == 3
     assert Settings.from_env({}).allow_urls is False

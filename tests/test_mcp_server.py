@@ -9,7 +9,6 @@ analysed by madmom only once.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_tools.config import Settings
 from agent_tools.tools import TOOL_SPECS, MusicTools
+from mcp_server.cli import rebinding_protection
 from mcp_server.server import build_server
 from model.audio import AudioLimits
 from training.synth import write_song
@@ -276,6 +276,15 @@ async def test_per_call_timeout_is_a_tool_error_and_the_work_still_lands_in_the_
     assert not again.is_error and again.structured_content["audio"]["offset_s"] == pytest.approx(1.5)
 
 
+async def test_dsp_worker_processes_give_the_same_results(music, toolbox):
+    window = {"offset_s": 3.0, "duration_s": 8.0}
+    async with Client(build_server(make_settings(music, dsp_workers=1, cache_dir=music["cache"] / "workers"))) as client:
+        result = await client.call_tool("analyze_clip", {"audio": "song.wav", **window})
+    assert not result.is_error, result.content[0].text
+    in_thread = toolbox.analyze_clip("song.wav", **window)
+    assert result.structured_content["analysis"] == in_thread.analysis.model_dump(mode="json")
+
+
 # --- subprocesses ----------------------------------------------------------------------
 
 
@@ -377,6 +386,14 @@ async def test_http_with_token(music, tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert {t["name"] for t in inspector_result(listed)["tools"]} == {spec.name for spec in TOOL_SPECS}
     assert not result.is_error and result.structured_content["key"]["key"] == music["labels"].key
+
+
+def test_rebinding_protection_serves_only_named_hosts():
+    wildcard = rebinding_protection("0.0.0.0", ["music.lan:*"])
+    assert wildcard.enable_dns_rebinding_protection
+    assert "music.lan:*" in wildcard.allowed_hosts and "http://music.lan:*" in wildcard.allowed_origins
+    assert not any(h.startswith("0.0.0.0") for h in wildcard.allowed_hosts)
+    assert "192.168.1.20:*" in rebinding_protection("192.168.1.20", []).allowed_hosts
 
 
 def test_non_loopback_bind_without_token_is_refused(music):

@@ -144,3 +144,40 @@ def test_load_model_picks_remote_when_url_set(service, monkeypatch):
     model = load_model()
     assert isinstance(model, RemoteMusicLM)
     assert model.info().name == "TinyMU"
+
+
+def test_cli_serves_the_model_in_a_subprocess():
+    """`tinymu serve model` as a real process, reached over HTTP with a token."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TINYMU_TOKEN": TOKEN, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent_tools.cli", "serve", "model", "--checkpoint", "preset:tiny",
+                             "--device", "cpu", "--port", str(port)], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        remote = RemoteMusicLM(url, token=TOKEN, timeout_s=120)
+        assert remote.info().trained is False
+        assert isinstance(remote.answer(clip(2.0, 440.0), "What is playing?", max_new_tokens=3), str)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_public_bind_without_token_is_refused(monkeypatch):
+    from model.service import serve_model
+
+    monkeypatch.delenv("TINYMU_TEST_UNSET_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="without a token"):
+        serve_model(host="0.0.0.0", token_env="TINYMU_TEST_UNSET_TOKEN")

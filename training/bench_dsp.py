@@ -56,7 +56,7 @@ def run_ours(paths: list[Path], cache_dir: Path) -> tuple[list[dict], dict]:
         clip = load_audio(path)
         for tool, call in (("tempo", analyzer.tempo), ("beats + downbeats", analyzer.beats), ("key", analyzer.key),
                            ("chords", analyzer.chords), ("full analyze", analyzer.analyze)):
-            analyzer._memo.clear()  # each tool alone, as if it were the only call on this clip
+            analyzer.forget()  # each tool alone, as if it were the only call on this clip
             start = time.process_time()
             result = call(clip)
             times[tool].append(time.process_time() - start)

@@ -5,7 +5,8 @@ Starts `tinymu-mcp --http` as a real subprocess, then fires N concurrent
 already analysed (answered from the cache) and half on clips it has never
 seen (decoded and analysed by madmom). Reports failures, p50/p95/max latency
 and throughput, beside a baseline measured in the same run: the same kinds of
-calls made one at a time by a single client.
+calls made one at a time. It runs twice, on a server analysing in threads and
+on one with DSP worker processes (`--dsp-workers`), and prints the ratios.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def render_clips(folder: Path, names: list[str], duration_s: float, seed0: int) 
     return paths
 
 
-def start_server(root: Path, cache_dir: Path, max_concurrency: int) -> tuple[subprocess.Popen, str]:
+def start_server(root: Path, cache_dir: Path, max_concurrency: int, dsp_workers: int = 0) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -57,7 +58,7 @@ def start_server(root: Path, cache_dir: Path, max_concurrency: int) -> tuple[sub
     env.pop("TINYMU_MCP_TOKEN", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--roots", str(root),
-         "--max-concurrency", str(max_concurrency), "--call-timeout", "600"],
+         "--max-concurrency", str(max_concurrency), "--dsp-workers", str(dsp_workers), "--call-timeout", "600"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
@@ -109,64 +110,84 @@ def summarize(calls: list[Call], wall_s: float) -> dict:
     }
 
 
+def measure_server(clips_dir: Path, cached: list[Path], baseline_new: list[Path], fresh: list[Path],
+                   calls: int, max_concurrency: int, dsp_workers: int) -> dict[str, tuple[list[Call], float]]:
+    """Warm the cache, then the sequential baseline, then the concurrent load, on one fresh server."""
+    n_cached = calls - len(fresh)
+    with tempfile.TemporaryDirectory() as cache_dir:  # an empty cache: "new" clips are really new
+        process, url = start_server(clips_dir, Path(cache_dir), max_concurrency, dsp_workers)
+        try:
+            warm, _ = asyncio.run(sequential(url, [(p, "warm") for p in cached]))
+            if not all(c.ok for c in warm):
+                raise RuntimeError(f"warm-up failed: {[c.error for c in warm if not c.ok]}")
+            base_jobs = [(cached[i % len(cached)], "cached") for i in range(len(baseline_new))]
+            base_jobs += [(p, "new") for p in baseline_new]
+            baseline = asyncio.run(sequential(url, base_jobs))
+            jobs = [(cached[i % len(cached)], "cached") for i in range(n_cached)] + [(p, "new") for p in fresh]
+            load = asyncio.run(concurrent(url, jobs))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return {"sequential": baseline, "concurrent": load}
+
+
 def run(calls: int = 50, duration_s: float = 10.0, cached_clips: int = 5, max_concurrency: int = 2,
-        workdir: Path | None = None) -> dict:
-    """Run the benchmark; returns the measured rows (also printed as a table)."""
+        dsp_workers: int = 2, workdir: Path | None = None) -> dict:
+    """Run the benchmark on a server analysing in threads and on one with DSP worker processes."""
     workdir = Path(workdir or Path(".cache") / "bench" / "load").resolve()
     clips_dir = workdir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
     n_new = calls // 2
-    n_cached = calls - n_new
     baseline_n = max(2, cached_clips)
     console.print(f"rendering clips into {clips_dir} ...")
     cached = render_clips(clips_dir, [f"cached_{i}" for i in range(cached_clips)], duration_s, 1000)
     baseline_new = render_clips(clips_dir, [f"baseline_{i}" for i in range(baseline_n)], duration_s, 2000)
     fresh = render_clips(clips_dir, [f"new_{i}" for i in range(n_new)], duration_s, 3000)
 
-    with tempfile.TemporaryDirectory() as cache_dir:  # an empty cache: "new" clips are really new
-        process, url = start_server(clips_dir, Path(cache_dir), max_concurrency)
-        try:
-            console.print("warming the cache ...")
-            warm, _ = asyncio.run(sequential(url, [(p, "warm") for p in cached]))
-            if not all(c.ok for c in warm):
-                raise RuntimeError(f"warm-up failed: {[c.error for c in warm if not c.ok]}")
-            console.print("baseline: one call at a time ...")
-            base_jobs = [(cached[i % len(cached)], "cached") for i in range(baseline_n)]
-            base_jobs += [(p, "new") for p in baseline_new]
-            base_calls, base_wall = asyncio.run(sequential(url, base_jobs))
-            console.print(f"load: {calls} concurrent clients ...")
-            jobs = [(cached[i % len(cached)], "cached") for i in range(n_cached)] + [(p, "new") for p in fresh]
-            load_calls, load_wall = asyncio.run(concurrent(url, jobs))
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
-    rows = {}
-    for label, group, wall in (("sequential", base_calls, base_wall), ("concurrent", load_calls, load_wall)):
-        for kind in ("cached", "new"):
-            subset = [c for c in group if c.kind == kind]
-            rows[f"{label} {kind}"] = summarize(subset, wall)
-            rows[f"{label} {kind}"]["throughput"] = float("nan")  # throughput is per run, not per kind
-        rows[f"{label} all"] = summarize(group, wall)
-    ratio = rows["concurrent all"]["throughput"] / rows["sequential all"]["throughput"]
-    errors = [c.error for c in load_calls + base_calls if not c.ok]
-    print_table(rows, ratio, calls, duration_s, max_concurrency)
+    modes = {"threads": 0, f"{dsp_workers} DSP processes": dsp_workers} if dsp_workers else {"threads": 0}
+    rows: dict[str, dict] = {}
+    errors: list[str] = []
+    for mode, workers in modes.items():
+        console.print(f"server with madmom in {mode}: warm-up, sequential baseline, {calls} concurrent clients ...")
+        runs = measure_server(clips_dir, cached, baseline_new, fresh, calls, max_concurrency, workers)
+        for label, (group, wall) in runs.items():
+            for kind in ("cached", "new"):
+                rows[f"{mode}: {label} {kind}"] = summarize([c for c in group if c.kind == kind], wall)
+                rows[f"{mode}: {label} {kind}"]["throughput"] = float("nan")  # throughput is per run
+            rows[f"{mode}: {label} all"] = summarize(group, wall)
+            errors += [c.error for c in group if not c.ok]
+    ratios = {
+        f"{mode}: concurrent / sequential throughput": rows[f"{mode}: concurrent all"]["throughput"]
+        / rows[f"{mode}: sequential all"]["throughput"]
+        for mode in modes
+    }
+    if len(modes) == 2:
+        threads, processes = modes
+        ratios["processes / threads concurrent throughput"] = (
+            rows[f"{processes}: concurrent all"]["throughput"] / rows[f"{threads}: concurrent all"]["throughput"]
+        )
+        ratios["threads / processes cached p50 under load"] = (
+            rows[f"{threads}: concurrent cached"]["p50"] / rows[f"{processes}: concurrent cached"]["p50"]
+        )
+    print_table(rows, ratios, calls, duration_s, max_concurrency)
     if errors:
         console.print("[red]failures:[/red]", *errors[:5], sep="\n  ")
-    return {"rows": rows, "throughput_ratio": ratio, "errors": errors}
+    return {"rows": rows, "ratios": ratios, "errors": errors}
 
 
-def print_table(rows: dict, ratio: float, calls: int, duration_s: float, max_concurrency: int) -> None:
-    table = Table(title=f"MCP load: analyze_clip over HTTP ({calls} concurrent clients, {duration_s:g} s clips, "
-                        f"server max concurrency {max_concurrency})")
-    for column in ("run", "calls", "failures", "p50 s", "p95 s", "max s", "calls/s"):
-        table.add_column(column, justify="right" if column != "run" else "left")
+def print_table(rows: dict, ratios: dict, calls: int, duration_s: float, max_concurrency: int) -> None:
+    table = Table(title=f"MCP load: analyze_clip over HTTP ({calls} concurrent clients, half cached / half new "
+                        f"{duration_s:g} s clips; max concurrency {max_concurrency})")
+    for column in ("server: run", "calls", "failures", "p50 s", "p95 s", "max s", "calls/s"):
+        table.add_column(column, justify="left" if column == "server: run" else "right")
     for name, row in rows.items():
         throughput = "" if np.isnan(row["throughput"]) else f"{row['throughput']:.2f}"
         table.add_row(name, str(row["calls"]), str(row["failures"]), f"{row['p50']:.3f}", f"{row['p95']:.3f}",
                       f"{row['max']:.3f}", throughput)
-    Console().print(table)
-    Console().print(f"throughput concurrent / sequential: {ratio:.2f}x")
+    out = Console(width=120)
+    out.print(table)
+    for name, value in ratios.items():
+        out.print(f"{name}: {value:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
     parser.add_argument("--cached-clips", type=int, default=5)
     parser.add_argument("--max-concurrency", type=int, default=2)
+    parser.add_argument("--dsp-workers", type=int, default=2, help="worker processes of the second server (0: skip it)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.calls, args.duration, args.cached_clips, args.max_concurrency, args.workdir)
+    result = run(args.calls, args.duration, args.cached_clips, args.max_concurrency, args.dsp_workers, args.workdir)
     sys.exit(1 if result["errors"] else 0)
 
 

@@ -233,7 +233,8 @@ def summarize(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(engine, records: Sequence[QARecord], root: str | Path, *, conditions: Sequence[str] = CONDITIONS,
-             seed: int = 0, batch_size: int = 8, audio_seconds: float | None = None) -> dict[str, Any]:
+             seed: int = 0, batch_size: int = 8, audio_seconds: float | None = None, max_new_tokens: int = 48,
+             caption_tokens: int = 96) -> dict[str, Any]:
     """Run every condition over `records` (audio under `root`) and summarise each."""
     seconds = audio_seconds or engine.model.cfg.audio_seconds
     clip = lru_cache(maxsize=512)(lambda name: load_clip(Path(root) / name, seconds))
@@ -241,7 +242,7 @@ def evaluate(engine, records: Sequence[QARecord], root: str | Path, *, condition
     for condition in conditions:
         model = condition_engine(engine, condition)
         outcomes = run_condition(model, records, condition_audio(condition, clip, seed), batch_size=batch_size,
-                                 desc=condition)
+                                 max_new_tokens=max_new_tokens, caption_tokens=caption_tokens, desc=condition)
         results["conditions"][condition] = summarize(outcomes)
     results["chance"] = CHANCE
     return results
@@ -346,6 +347,7 @@ def main(
     tasks: str = typer.Option("", help="comma-separated tasks to score (default: all)"),
     device: str = typer.Option("auto"),
     batch_size: int = typer.Option(8),
+    max_new_tokens: int = typer.Option(48, help="answer length cap for yes/no and open questions"),
     seed: int = typer.Option(0),
 ) -> None:
     """Score a checkpoint on a held-out split under every condition and write tables and a plot."""
@@ -357,7 +359,7 @@ def main(
     records = limit_per_task(records, limit)
     engine = load_engine(checkpoint, device=device)
     results = evaluate(engine, records, data, conditions=[c for c in conditions.split(",") if c], seed=seed,
-                       batch_size=batch_size)
+                       batch_size=batch_size, max_new_tokens=max_new_tokens)
     train_path = data / "train.jsonl"
     if train_path.exists():
         from training.wording_baseline import wording_baselines

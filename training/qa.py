@@ -666,9 +666,8 @@ def load_records(path: str | Path, *, apply_filters: bool = True) -> list[QAReco
     stripped = text.lstrip()
     if stripped.startswith("["):
         rows = [(f"item {i}", row) for i, row in enumerate(json.loads(text))]
-    elif stripped.startswith("{") and "\n" not in stripped.strip():
-        data = json.loads(text)
-        rows = [(f"item {i}", row) for i, row in enumerate(data.get("data", [data]))]
+    elif stripped.startswith("{") and '"data"' in stripped[:200] and _is_json(text):
+        rows = [(f"item {i}", row) for i, row in enumerate(json.loads(text)["data"])]
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
@@ -693,9 +692,19 @@ def load_records(path: str | Path, *, apply_filters: bool = True) -> list[QAReco
     return records
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 # --- judging free-text answers -------------------------------------------------------------------
 
 
+_CHORD = r"[A-G](?:#|b)?(?:m7b5|maj7|m7|m6|dim7|dim|aug|sus4|sus2|m|7|6)?"
+_PROGRESSION_PATTERN = re.compile(rf"(?<![\w#]){_CHORD}(?: - {_CHORD})*(?![\w#])")
 _KEY_PATTERN = re.compile(r"\b([A-G](?:#|b|♯|♭)?)\s*(major|minor|maj|min)\b")
 
 
@@ -715,9 +724,10 @@ def open_answer_is_right(meta: dict[str, Any], text: str) -> bool:
         tonic, mode = truth.split()
         return bool(found) and found[0] == (pitch_class(tonic), mode)
     if attribute == "chords":
+        runs = [m.group(0).split(" - ") for m in _PROGRESSION_PATTERN.finditer(text)]
+        said = max(runs, key=len) if runs else []
         loop = list(truth)
-        rotations = [" - ".join(loop[i:] + loop[:i]) for i in range(len(loop))]
-        return any(r in text for r in rotations)
+        return any(said == loop[i:] + loop[:i] for i in range(len(loop)))
     if attribute == "drums":
         return lower.lstrip().startswith("yes" if truth else "no")
     if attribute in ("instrument_families", "instruments"):

@@ -1,0 +1,164 @@
+"""Build the checkpoint the project ships, with one resumable command.
+
+    python -m training.ship [--work .cache/ship] [--out model/checkpoints/tinymu-small.safetensors]
+
+Stages (each is skipped when its output already exists, so rerunning the command
+after an interruption resumes where it stopped; LM training resumes mid-run):
+
+1. data      `training.dataset build`: labelled synthetic clips (train / val / test,
+             held out by clip) and their QA records.
+2. encoder   `training.pretrain_encoder`: a small MATPAC++ encoder, a short
+             self-supervised run then the supervised multi-task warm-up on the
+             training clips' labels (linear-probe accuracies are recorded).
+3. align     `training.align`: the projector learns to turn audio tokens into the
+             word embeddings of each clip's label text (no LM forward: cheap).
+4. train     `training.train --mode lora`: projector + rank-32 adapters on q/v of
+             SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice,
+             yes/no and short open questions; encoder outputs cached once.
+5. evaluate  `training.evaluate` on the held-out test clips, with the blind
+             (silence, noise) and text-only baselines in the same run.
+6. ship      the trained checkpoint (delta over the base decoder: encoder,
+             projector, adapters) copied to --out, with the results beside it.
+
+Everything is seeded. `timings.json` in the work folder records wall and CPU
+seconds per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "model" / "checkpoints" / "tinymu-small.safetensors"
+
+
+@dataclass
+class ShipConfig:
+    work: Path = REPO / ".cache" / "ship"
+    out: Path = DEFAULT_OUT
+    seed: int = 0
+    n_train: int = 300
+    n_val: int = 20
+    n_test: int = 60
+    ssl_steps: int = 60
+    supervised_steps: int = 400
+    align_steps: int = 800
+    train_steps: int = 150
+    train_batch: int = 8
+    train_tasks: str = "multiple_choice,binary,open_qa"
+    lr: float = 5e-4
+    eval_limit: int = 6  # questions per (task, attribute) in the held-out evaluation
+    eval_conditions: str = "audio,silence,noise,text_only"
+    eval_tasks: str = "multiple_choice,binary"
+    workers: int = 2
+
+
+class Stages:
+    """Runs named stages once, recording wall and CPU seconds of each in timings.json."""
+
+    def __init__(self, work: Path):
+        self.file = work / "timings.json"
+        self.timings = json.loads(self.file.read_text()) if self.file.is_file() else {}
+
+    def run(self, name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"[ship] {name}: done already ({done})", flush=True)
+            return
+        print(f"[ship] {name} ...", flush=True)
+        wall, cpu = time.time(), time.process_time()
+        fn()
+        self.timings[name] = {"wall_s": round(time.time() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+        self.file.write_text(json.dumps(self.timings, indent=1))
+        print(f"[ship] {name}: {self.timings[name]}", flush=True)
+
+
+def ship(cfg: ShipConfig) -> dict:
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    work = Path(cfg.work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "ship_config.json").write_text(json.dumps({k: str(v) for k, v in asdict(cfg).items()}, indent=1))
+    data = work / "data"
+    encoder_ckpt = work / "encoder.safetensors"
+    aligned_ckpt = work / "aligned.safetensors"
+    features = work / "features.safetensors"
+    run_dir = work / "run"
+    eval_dir = work / "eval"
+    stages = Stages(work)
+
+    def build_data():
+        from training.dataset import build_dataset
+
+        build_dataset(data, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.seed, workers=cfg.workers)
+
+    def pretrain_encoder():
+        from training.pretrain_encoder import PretrainConfig, pretrain
+
+        pretrain(PretrainConfig(data=data / "audio" / "train", out=encoder_ckpt, preset="small", steps=cfg.ssl_steps,
+                                supervised_steps=cfg.supervised_steps, seed=cfg.seed, quiet=False))
+
+    def align_projector():
+        from training.align import align
+
+        align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features)
+
+    def train_lm():
+        from training.train import TrainConfig, train
+
+        train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), mode="lora", lr=cfg.lr,
+                          projector_lr=cfg.lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
+                          max_steps=cfg.train_steps, eval_every=max(10, cfg.train_steps // 5), save_every=10,
+                          val_records=48, seed=cfg.seed, tasks=tuple(cfg.train_tasks.split(",")),
+                          features=features, resume=True))
+
+    def evaluate():
+        from model.engine import load_engine
+        from training.evaluate import evaluate as run_eval
+        from training.evaluate import limit_per_task, write_report
+        from training.qa import load_records
+
+        records = [r for r in load_records(data / "test.jsonl") if r.task in cfg.eval_tasks.split(",")]
+        records = limit_per_task(records, cfg.eval_limit)
+        engine = load_engine(str(run_dir / "tinymu.safetensors"))
+        results = run_eval(engine, records, data, conditions=cfg.eval_conditions.split(","), seed=cfg.seed)
+        write_report(results, eval_dir)
+
+    stages.run("data", data / "manifest.json", build_data)
+    stages.run("encoder", encoder_ckpt, pretrain_encoder)
+    stages.run("align", aligned_ckpt, align_projector)
+    stages.run("train", run_dir / "tinymu.safetensors", train_lm)
+    stages.run("evaluate", eval_dir / "eval_results.json", evaluate)
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "tinymu.safetensors", out)
+    results = json.loads((eval_dir / "eval_results.json").read_text())
+    summary = {"checkpoint": str(out), "size_mb": round(out.stat().st_size / 2**20, 1), "timings": stages.timings,
+               "total_wall_s": round(sum(t["wall_s"] for t in stages.timings.values()), 1),
+               "total_cpu_s": round(sum(t["cpu_s"] for t in stages.timings.values()), 1),
+               "accuracy": {c: r.get("accuracy") for c, r in results["conditions"].items()}}
+    (work / "ship_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> ShipConfig:
+    p = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.split("\n\n")[0])
+    defaults = ShipConfig()
+    for name, value in asdict(defaults).items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(value) if not isinstance(value, Path) else Path,
+                       default=value)
+    return ShipConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(json.dumps(ship(parse_args(argv)), indent=1))
+
+
+if __name__ == "__main__":
+    main()
