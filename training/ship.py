@@ -26,6 +26,12 @@ seconds per stage.
 
 from __future__ import annotations
 
+import os
+
+# These machines are often shared: idle OpenMP threads that spin steal the CPU the busy
+# ones need (measured 3x slower encoder steps under load). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import shutil
@@ -45,15 +51,16 @@ class ShipConfig:
     n_train: int = 300
     n_val: int = 20
     n_test: int = 60
-    ssl_steps: int = 60
-    supervised_steps: int = 400
+    ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up
+    supervised_steps: int = 300
+    crop_frames: int = 320
     align_steps: int = 800
-    train_steps: int = 150
+    train_steps: int = 120
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary,open_qa"
     lr: float = 5e-4
-    eval_limit: int = 6  # questions per (task, attribute) in the held-out evaluation
-    eval_conditions: str = "audio,silence,noise,text_only"
+    eval_limit: int = 4  # questions per (task, attribute) in the held-out evaluation
+    eval_conditions: str = "audio,silence,noise"
     eval_tasks: str = "multiple_choice,binary"
     workers: int = 2
 
@@ -101,7 +108,8 @@ def ship(cfg: ShipConfig) -> dict:
         from training.pretrain_encoder import PretrainConfig, pretrain
 
         pretrain(PretrainConfig(data=data / "audio" / "train", out=encoder_ckpt, preset="small", steps=cfg.ssl_steps,
-                                supervised_steps=cfg.supervised_steps, seed=cfg.seed, quiet=False))
+                                supervised_steps=cfg.supervised_steps, crop_frames=cfg.crop_frames, seed=cfg.seed,
+                                quiet=False))
 
     def align_projector():
         from training.align import align

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from model.pitch_names import key_name, root_names
 
 SAMPLE_RATE = 44100
+GENERATOR_VERSION = 2  # bump when the same seed would render different music; cached sets are re-rendered
 SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/soundfonts")
 SOUNDFONT_PREFERENCE = ("FluidR3_GM.sf2", "TimGM6mb.sf2")
 
@@ -141,6 +142,7 @@ class SongLabels(BaseModel):
     key_tonic: str
     key_mode: str
     progression: list[str] = Field(description="the repeating chord loop, Harte labels")
+    progression_roman: list[str] = Field(description="the loop as Roman numerals relative to the key, e.g. i iv V i")
     chords: list[ChordSegment]
     beats_s: list[float]
     downbeats_s: list[float]
@@ -152,6 +154,7 @@ class SongLabels(BaseModel):
     duration_s: float
     sample_rate: int = SAMPLE_RATE
     soundfont: str = ""
+    generator_version: int = GENERATOR_VERSION
 
 
 def make_song(
@@ -179,7 +182,8 @@ def make_song(
 
     loops = MAJOR_LOOPS if mode == "major" else MINOR_LOOPS
     loop = loops[int(rng.integers(len(loops)))]
-    loop = [(step, SEVENTHS.get(q, q) if spec.sevenths and i % 2 == 1 else q) for i, (step, q) in enumerate(loop)]
+    if spec.sevenths:  # every other chord gets its seventh; a major chord on the fifth degree is a dominant 7
+        loop = [(step, _seventh(step, q) if i % 2 == 1 else q) for i, (step, q) in enumerate(loop)]
     chords = [((tonic + step) % 12, quality) for step, quality in loop]
 
     beat_s = 60.0 / tempo
@@ -262,6 +266,7 @@ def make_song(
         key_tonic=key_label.split()[0],
         key_mode=mode,
         progression=[f"{spelling[r]}:{q}" for r, q in chords],
+        progression_roman=[_roman(step, quality, mode) for step, quality in loop],
         chords=segments,
         beats_s=beats,
         downbeats_s=downbeats,
@@ -273,6 +278,18 @@ def make_song(
         duration_s=duration_s,
     )
     return midi, labels
+
+
+def _seventh(step: int, quality: str) -> str:
+    return "7" if step == 7 and quality == "maj" else SEVENTHS[quality]
+
+
+def _roman(step: int, quality: str, mode: str) -> str:
+    """Roman numeral of a chord `step` semitones above the tonic: V, iv, bVII (as written in minor: VII), ii7."""
+    degrees = dict(zip(MAJOR_SCALE if mode == "major" else MINOR_SCALE, ["I", "II", "III", "IV", "V", "VI", "VII"]))
+    numeral = degrees.get(step, f"b{degrees.get(step + 1, '?')}")
+    numeral = numeral.lower() if quality.startswith("min") else numeral
+    return numeral + {"7": "7", "maj7": "maj7", "min7": "7"}.get(quality, "")
 
 
 def _note(pitch: int, start: float, length: float, velocity: int, rng: np.random.Generator) -> pretty_midi.Note:
@@ -352,7 +369,9 @@ def _bass_notes(spec: Style, beat_s: float, tones: list[int], rng) -> list[tuple
     if figure == "funk":
         return [(s * beat_s / 4, beat_s * 0.3, iv) for s, iv in ((0, 0), (3, 0), (6, 12), (10, fifth), (14, 0))]
     if figure == "bossa":
-        return [(0.0, beat_s * 1.4, 0), (1.5 * beat_s, beat_s * 0.5, fifth), (2 * beat_s, beat_s * 1.4, fifth), (3.5 * beat_s, beat_s * 0.5, 0)]
+        # (onset, length) in beats: the dotted root-fifth figure of the bossa nova
+        figure_beats = ((0.0, 1.4, 0), (1.5, 0.5, fifth), (2.0, 1.4, fifth), (3.5, 0.5, 0))
+        return [(on * beat_s, length * beat_s, interval) for on, length, interval in figure_beats]
     if figure == "walking":
         third = (tones[1] - tones[0]) % 12
         steps = [0, third, fifth, int(rng.choice([10, 11, 2]))][:n]
@@ -455,7 +474,8 @@ def _write_planned(job: tuple[Path, float, dict]) -> SongLabels:
     json_path = out_dir / f"{choices['name']}.json"
     if json_path.exists() and (out_dir / f"{choices['name']}.wav").exists():
         labels = SongLabels.model_validate_json(json_path.read_text())
-        if labels.duration_s == duration_s and labels.seed == choices["seed"]:
+        same = (labels.duration_s, labels.seed, labels.generator_version) == (duration_s, choices["seed"], GENERATOR_VERSION)
+        if same and labels.soundfont == find_soundfont().name:
             return labels  # already rendered: generation is deterministic
     return write_song(out_dir, duration_s=duration_s, **choices)
 
