@@ -16,6 +16,7 @@ import hmac
 import inspect
 import json
 import logging
+import re
 import threading
 import typing
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import anyio.to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 
 from agent_tools.config import Settings
@@ -193,6 +194,8 @@ def _add_resources(server: MCPServer, tools: MusicTools) -> None:
     @server.resource("music://analysis/{sha256}", name="analysis", mime_type="application/json")
     def analysis(sha256: str) -> str:
         """Every cached analysis of the audio whose content hash is `sha256` (see a result's audio.sha256)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ResourceError(f"{sha256!r} is not a sha256: expect 64 lowercase hex digits, as in audio.sha256.")
         cached = tools.cache.analyses(sha256)
         if not cached:
             raise ResourceNotFoundError(

@@ -173,6 +173,10 @@ async def test_resources_and_prompts(server, music):
         prompt = await client.get_prompt("compare_tracks", {"audio_a": "a.wav", "audio_b": "b.wav"})
         with pytest.raises(Exception, match="No cached analysis"):
             await client.read_resource("music://analysis/" + "0" * 64)
+        with pytest.raises(Exception, match="not a sha256"):
+            await client.read_resource("music://analysis/not-a-hash")
+        with pytest.raises(Exception, match="Unknown resource"):  # the SDK refuses traversal itself
+            await client.read_resource("music://analysis/..%2F..%2Fetc")
     analysis = json.loads(cached.contents[0].text)
     assert analysis["analysis"]["tempo"]["bpm"] == done.structured_content["analysis"]["tempo"]["bpm"]
     assert json.loads(roots.contents[0].text)["roots"] == [str(music["root"].resolve())]
@@ -286,6 +290,16 @@ async def test_dsp_worker_processes_give_the_same_results(music, toolbox):
 
 
 # --- subprocesses ----------------------------------------------------------------------
+
+
+async def test_tinymu_serve_mcp_is_the_same_server(music):
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "agent_tools.cli", "serve", "mcp", "--roots", str(music["root"])],
+        env=server_env(music),
+    )
+    async with Client(params) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+    assert names == {spec.name for spec in TOOL_SPECS}
 
 
 async def test_stdio_subprocess(music):

@@ -473,7 +473,10 @@ def _write_planned(job: tuple[Path, float, dict]) -> SongLabels:
     out_dir, duration_s, choices = job
     json_path = out_dir / f"{choices['name']}.json"
     if json_path.exists() and (out_dir / f"{choices['name']}.wav").exists():
-        labels = SongLabels.model_validate_json(json_path.read_text())
+        try:
+            labels = SongLabels.model_validate_json(json_path.read_text())
+        except ValueError:  # written by an older generator: render again
+            return write_song(out_dir, duration_s=duration_s, **choices)
         same = (labels.duration_s, labels.seed, labels.generator_version) == (duration_s, choices["seed"], GENERATOR_VERSION)
         if same and labels.soundfont == find_soundfont().name:
             return labels  # already rendered: generation is deterministic
