@@ -121,6 +121,7 @@ def serve_model_command(
     token_env: Annotated[str, typer.Option(help="Environment variable holding the bearer token.")] = "TINYMU_TOKEN",
     batch_window_ms: Annotated[float, typer.Option(help="How long to gather concurrent requests into a batch.")] = 10.0,
     max_batch: Annotated[int, typer.Option(help="Most requests in one batch.")] = 8,
+    quantize: Annotated[str | None, typer.Option(help="'int8': int8 decoder weights, ~2x faster CPU decoding.")] = None,
 ) -> None:
     """Serve TinyMU over HTTP (answer, caption, choose, embed, health; OpenAPI at /openapi.json).
     Agent hosts reach it by setting TINYMU_URL (and TINYMU_TOKEN)."""
@@ -128,7 +129,7 @@ def serve_model_command(
 
     try:
         serve_model(checkpoint=checkpoint, device=device, host=host, port=port, token_env=token_env,
-                    batch_window_ms=batch_window_ms, max_batch=max_batch)
+                    batch_window_ms=batch_window_ms, max_batch=max_batch, quantize=quantize)
     except (InputError, ValueError) as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

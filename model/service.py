@@ -209,7 +209,7 @@ def create_app(engine: MusicLM, *, token: str | None = None, max_audio_bytes: in
 
 def serve_model(checkpoint: str | None = None, device: str = "auto", host: str = "127.0.0.1",
                 port: int = DEFAULT_PORT, token_env: str = "TINYMU_TOKEN", batch_window_ms: float = 10.0,
-                max_batch: int = 8) -> None:
+                max_batch: int = 8, quantize: str | None = None) -> None:
     """Load the model once and serve it until interrupted."""
     import uvicorn
 
@@ -219,7 +219,7 @@ def serve_model(checkpoint: str | None = None, device: str = "auto", host: str =
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"refusing to serve on {host} without a token: set the environment variable "
                          f"{token_env} (clients send it as TINYMU_TOKEN)")
-    engine = load_engine(checkpoint, device=device)
+    engine = load_engine(checkpoint, device=device, quantize=quantize)
     info = engine.info()
     log.info("TinyMU on %s (%s, trained=%s)", info.device, info.checkpoint or "untrained default", info.trained)
     app = create_app(engine, token=token, batch_window_ms=batch_window_ms, max_batch=max_batch)

@@ -101,7 +101,7 @@ class TinyMU(nn.Module):
 
     def audio_embeddings(self, audio_tokens: torch.Tensor) -> torch.Tensor:
         """Encoder tokens [B, T, 3840] -> LM input embeddings [B, T, 576]."""
-        return self.projector(audio_tokens.to(self.projector.linear1.weight.dtype))
+        return self.projector(audio_tokens.to(self.lm.get_input_embeddings().weight.dtype))
 
     def pooled_embedding(self, wave: torch.Tensor) -> torch.Tensor:
         """Mean of the encoder tokens over time: one vector per clip for similarity search."""

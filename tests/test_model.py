@@ -456,3 +456,20 @@ def test_tokenize_example_follows_reference_format(engine):
     assert t_ids[n_target - 1] == EOS_ID
     assert engine.tokenizer.decode(t_ids[: n_target - 1]) == "A minor"
     assert engine.tokenizer.decode(p_ids[:n_prompt]) == "What key is this in?"
+
+
+def test_int8_decoder_weights_stay_close(tiny):
+    """The CPU int8 option: same shapes, logits close to float32, the engine still answers."""
+    import copy
+
+    from model.quantize import Int8WeightLinear, quantize_int8
+
+    quantized = quantize_int8(copy.deepcopy(tiny).lm)
+    assert isinstance(quantized.model.layers[0].self_attn.q_proj, Int8WeightLinear)
+    ids = torch.tensor([[5, 60, 700, 8000, 12]])
+    with torch.inference_mode():
+        ref, got = tiny.lm(input_ids=ids).logits, quantized(input_ids=ids).logits
+    assert torch.corrcoef(torch.stack([ref.flatten(), got.flatten()]))[0, 1] > 0.99
+    engine = load_engine("preset:tiny", device="cpu", quantize="int8")
+    assert engine.info().dtype == "float32+int8"
+    assert sum(engine.choose(tone_clip(2.0), "Which?", ["a", "b", "c"]).probabilities) == pytest.approx(1.0)

@@ -49,7 +49,7 @@ def peak_rss_mb() -> float:
 
 
 def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int = 8, repeats: int = 3,
-        checkpoint: str = "preset:official") -> dict:
+        checkpoint: str = "preset:official", int8: bool = True) -> dict:
     from model import decoding
     from model.engine import load_engine
     from model.muchomusic import build_prompt
@@ -84,6 +84,27 @@ def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int =
         results["clips"][name] = row
         prepared[name] = (wave, embeds)
     results["peak_rss_mb"] = peak_rss_mb()
+    if int8:
+        # The same clips with int8 decoder weights (CPU option): decoding and multiple choice.
+        import copy
+
+        from model.engine import MusicLM
+
+        int8_engine = MusicLM(copy.deepcopy(model), engine.tokenizer, trained=False, checkpoint=None, device="cpu",
+                              quantize="int8")
+        for name, (wave, embeds) in prepared.items():
+            row = results["clips"][name]
+            with torch.inference_mode():
+                qm = int8_engine.model
+                q_embeds = qm.audio_embeddings(qm.encode_audio(wave))[0]
+                prefix = qm.build_prefix([q_embeds], [prompt])
+                start_pos = torch.tensor([qm.target_start(q_embeds.shape[0])])
+                pre_s, _ = timed(lambda: decoding.generate(qm, prefix, start_pos, max_new_tokens=1, stop_ids=()),
+                                 repeats)
+                gen_s, _ = timed(lambda: decoding.generate(qm, prefix, start_pos, max_new_tokens=new_tokens,
+                                                           stop_ids=()), max(1, repeats - 1))
+                row["int8_tokens_per_s"] = (new_tokens - 1) / max(gen_s - pre_s, 1e-9)
+                row["int8_mc4_s"], _ = timed(lambda: int8_engine.choose(clips[name], QUESTION, OPTIONS), repeats)
     # The reference approach: same weights, same run.
     for name, (wave, embeds) in prepared.items():
         row = results["clips"][name]
@@ -115,12 +136,15 @@ def render(results: dict) -> None:
         ("decode, KV cache (tok/s)", "tokens_per_s", "{:.1f}"),
         ("decode, reference (tok/s)", "ref_tokens_per_s", "{:.2f}"),
         ("  speed-up", "decode_speedup", "{:.1f}x"),
+        ("decode, int8 option (tok/s)", "int8_tokens_per_s", "{:.1f}"),
         ("4-option MC, ours (s)", "mc4_s", "{:.3f}"),
+        ("4-option MC, int8 option (s)", "int8_mc4_s", "{:.3f}"),
         ("4-option MC, reference (s)", "ref_mc4_s", "{:.3f}"),
         ("  speed-up", "mc4_speedup", "{:.1f}x"),
     ]
     for label, key, fmt in rows:
-        table.add_row(label, *(fmt.format(results["clips"][c][key]) for c in clips))
+        if key in results["clips"][clips[0]]:
+            table.add_row(label, *(fmt.format(results["clips"][c][key]) for c in clips))
     console = Console()
     console.print(table)
     console.print(f"weights load from cache: {results['load_s']:.2f} s; peak RSS of our path "
@@ -135,11 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", default="preset:official")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 (CPU) option rows")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = run(tuple(args.seconds), args.tokens, args.reference_tokens, args.repeats, args.checkpoint)
+    results = run(tuple(args.seconds), args.tokens, args.reference_tokens, args.repeats, args.checkpoint,
+                  not args.no_int8)
     render(results)
     if args.json:
         with open(args.json, "w") as fh:

@@ -345,7 +345,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(params, 3.0)
             opt.step()
             ssl.update_teacher(step / cfg.steps)
-            history.append({k: float(v) for k, v in losses.items()})
+            history.append({k: float(v.detach()) for k, v in losses.items()})
         report["ssl_loss_first"] = float(np.mean([h["loss"] for h in history[: max(1, len(history) // 10)]]))
         report["ssl_loss_last"] = float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10):]]))
         report["ssl_history"] = history

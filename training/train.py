@@ -22,8 +22,8 @@ Two things make it cheap on a CPU, neither changes what the model computes:
   Logits are computed only where a target token is predicted. The loss equals the
   reference layout's (tests/test_train.py checks it).
 
-Outputs in --out: `state/` (accelerate state for --resume, rewritten every --save-every
-steps), `history.json`, `loss.png`, `best.safetensors` (trainable weights with the lowest
+Outputs in --out: `state/` (trainable weights, optimizer, schedule and progress for
+--resume, rewritten every --save-every steps), `history.json`, `loss.png`, `best.safetensors` (trainable weights with the lowest
 validation loss) and `tinymu.safetensors` (a checkpoint in our format, delta over the
 base decoder, loadable by `model.engine.load_engine`).
 """
@@ -362,16 +362,26 @@ def train(cfg: TrainConfig) -> dict:
     history = {"train": [], "val": [], "config": _jsonable(asdict(cfg)), "trainable": len(trainable)}
     step, best = 0, math.inf
     state_dir = out / "state"
+    # Only what training changes is saved (not the frozen encoder or base decoder): seconds, not minutes.
     if cfg.resume and (state_dir / "progress.json").is_file():
-        accelerator.load_state(str(state_dir))
+        saved = torch.load(state_dir / "train_state.pt", map_location="cpu", weights_only=False)
+        core.load_state_dict(saved["trainable"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
         progress = json.loads((state_dir / "progress.json").read_text())
         step, best, history = progress["step"], progress["best"], progress["history"]
         accelerator.print(f"resumed at step {step} of {total_steps}")
 
     def save_state() -> None:
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
         if accelerator.is_main_process:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            # Write-then-rename, so an interrupted save never leaves a half state behind.
+            torch.save({"trainable": trainable_state(core), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+                       state_dir / "train_state.pt.tmp")
+            (state_dir / "train_state.pt.tmp").replace(state_dir / "train_state.pt")
             tmp = state_dir / "progress.json.tmp"
             tmp.write_text(json.dumps({"step": step, "best": best, "history": history}))
             tmp.replace(state_dir / "progress.json")
