@@ -7,9 +7,10 @@ Training sequence, exactly as the reference model builds it (no chat template):
 
 with plain position ids 0..L-1 (so the padding sits in the middle) and the loss
 only on real target tokens. At inference the padded prompt positions are
-skipped instead of computed: they are masked out, so nothing attends to them,
-and every real token keeps the position id it has in the padded layout. The
-result is the same as running the padded sequence, only cheaper.
+skipped instead of computed, except the last one, whose output predicts the
+first target token: masked positions are never attended to, and every kept
+token has the position id it has in the padded layout, so the result equals
+running the padded sequence (tests check it), with a 129-token-shorter prefill.
 """
 
 from __future__ import annotations
