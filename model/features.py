@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pyloudnorm
-import soxr
 from pydantic import BaseModel, Field
 
 from model.audio import AudioClip

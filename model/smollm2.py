@@ -28,9 +28,13 @@ _convert_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where converted weights live: $TINYMU_CACHE_DIR, else the user cache directory."""
-    override = os.environ.get("TINYMU_CACHE_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("tinymu"))
+    """Where converted weights live: $TINYMU_WEIGHTS_DIR, else the user cache directory.
+
+    Kept apart from the result cache ($TINYMU_CACHE_DIR) so that pointing results at a
+    scratch folder never costs a second GGUF conversion.
+    """
+    override = os.environ.get("TINYMU_WEIGHTS_DIR")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("tinymu")) / "weights"
 
 
 def find_gguf() -> Path:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Converted SmolLM2 weights are shared by every test (and every run) in the repo's own
+# cache, so the one-off GGUF conversion happens once per machine, not once per test.
+os.environ.setdefault("TINYMU_WEIGHTS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "weights"))
 
 from training.synth import SongLabels, write_song
 

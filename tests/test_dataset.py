@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import soundfile as sf
 import torch
 
-os.environ.setdefault("TINYMU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tinymu"))
 
 from model.config import EOS_ID, PAD_ID, preset  # noqa: E402
 from model.errors import InputError  # noqa: E402

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("TINYMU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tinymu"))
 
 from training.dataset import build_dataset, load_clip, read_labels  # noqa: E402
 from training.evaluate import (  # noqa: E402

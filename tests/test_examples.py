@@ -2,7 +2,6 @@
 
 import asyncio
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

@@ -3,15 +3,12 @@ end-to-end run of the real SmolLM2 weights from the offline GGUF (marked slow)."
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("TINYMU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tinymu"))
 
 from model import checkpoints, decoding  # noqa: E402
 from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset  # noqa: E402

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import uvicorn
 
-os.environ.setdefault("TINYMU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tinymu"))
 
 from model.client import RemoteMusicLM  # noqa: E402
 from model.engine import MusicModel, load_engine, load_model  # noqa: E402
