@@ -24,16 +24,17 @@ DEMO_DIR = Path(".cache/demo")
 DEMO_SONG = dict(seed=7, style="pop", tempo_bpm=112.0, key=(9, "minor"))  # A minor pop song, 112 BPM
 
 
-def analyze_file(audio: Path, offset: float = 0.0, duration: float | None = None) -> ClipAnalysis:
-    """Decode `audio` and analyse it, answering from the result cache when it was analysed before."""
-    from agent_tools.cache import ResultCache, default_cache_dir
-    from model.audio import load_audio
-    from model.dsp import default_analyzer
+def toolbox_for(audio: Path):
+    """The same toolbox the MCP server and LangChain use, allowed to read the folder of `audio`."""
+    from agent_tools.config import Settings
+    from agent_tools.tools import MusicTools
 
-    clip = load_audio(audio, offset_s=offset, duration_s=duration)
-    cache = ResultCache(default_cache_dir())
-    params = {"offset_s": round(clip.offset_s, 4)}  # results carry file times, so the offset is part of the key
-    return cache.get_or_compute("analysis", clip.sha256, params, ClipAnalysis, lambda: default_analyzer().analyze(clip))
+    return MusicTools(Settings.from_env().with_overrides(roots=(audio.resolve().parent,)))
+
+
+def analyze_file(audio: Path, offset: float = 0.0, duration: float | None = None) -> ClipAnalysis:
+    """Analyse `audio` through the shared toolbox (answers from the result cache when it was analysed before)."""
+    return toolbox_for(audio).analyze_clip(str(audio.resolve()), offset, duration).analysis
 
 
 def print_analysis(analysis: ClipAnalysis, title: str, max_chords: int = 16) -> None:
@@ -84,7 +85,7 @@ def analyze(
 
 @app.command()
 def demo() -> None:
-    """Render an example song with the project's own synthesiser, analyse it and compare with what was written."""
+    """Render an example song with the project's own synthesiser, analyse it, then ask TinyMU about it."""
     from training.synth import write_song
 
     with console.status("rendering the example song"):
@@ -92,9 +93,37 @@ def demo() -> None:
     path = DEMO_DIR / "example.wav"
     console.print(f"Rendered {path}: {labels.style} in {labels.key}, {labels.tempo_bpm:g} BPM, {labels.meter}, "
                   f"loop {' '.join(labels.progression)}, lead {labels.lead_instrument}.")
+    tools = toolbox_for(path)
     with console.status("analysing (first run loads the madmom networks)"):
-        analysis = analyze_file(path)
+        analysis = tools.analyze_clip(str(path.resolve())).analysis
     print_analysis(analysis, title=f"tinymu analyze {path}")
+    ask_model_demo(tools, str(path.resolve()))
+
+
+def ask_model_demo(tools, audio: str) -> None:
+    """Ask the embedded TinyMU (or TINYMU_URL) a few questions about the demo clip, as an agent would."""
+    from model.errors import TinyMUError
+
+    table = Table(title="TinyMU and the router", show_header=True, title_justify="left")
+    for column in ("tool", "question", "answer", "backend"):
+        table.add_column(column)
+    try:
+        with console.status("loading TinyMU (first run converts SmolLM2 once, ~30 s)"):
+            choice = tools.choose_answer(audio, "Is this piece in a major or a minor key?", ["major", "minor"])
+        family = tools.choose_answer(audio, "Which instrument family plays the melody?",
+                                     ["piano", "guitar", "strings", "brass", "reed", "organ"])
+        routed = tools.answer_music_question(audio, "How fast is it, and what instrument plays the melody?")
+    except TinyMUError as error:
+        console.print(f"[yellow]model unavailable:[/yellow] {error}")
+        return
+    weights = "trained" if choice.trained else "UNTRAINED (answers are not meaningful)"
+    for result in (choice, family):
+        shares = ", ".join(f"{o.option} {o.probability:.2f}" for o in result.options)
+        table.add_row("choose_answer", result.question, f"{result.choice}  ({shares})", f"TinyMU, {weights}")
+    table.add_row("answer_music_question", routed.question, routed.summary, " + ".join(routed.backends))
+    console.print(table)
+    if choice.warning:
+        console.print(f"[yellow]{choice.warning}[/yellow]")
 
 
 # `tinymu serve ...`: long-running servers (the MCP server here; the model service adds `serve model`).
@@ -144,27 +173,16 @@ def plot(
     duration: Annotated[float | None, typer.Option(help="Length of the window, seconds (default: to the end).")] = None,
 ) -> None:
     """Draw AUDIO as a PNG: mel spectrogram, chord segments, and the waveform with beats and downbeats."""
-    from model.audio import load_audio
-    from model.plot import plot_clip_png
+    from model.errors import TinyMUError
 
     try:
-        clip = load_audio(audio, offset_s=offset, duration_s=duration)
-        analysis = analyze_file(audio, offset, duration)
-    except InputError as error:
+        picture = toolbox_for(audio).plot_clip(str(audio.resolve()), offset, duration)
+    except TinyMUError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    shift = clip.offset_s  # analyses report file times; the picture starts at the window
-    facts = [f"{analysis.tempo.bpm:.0f} BPM" if analysis.tempo.bpm else "", analysis.key.key or "", analysis.beats.meter or ""]
-    png = plot_clip_png(
-        clip,
-        beats=[t - shift for t in analysis.beats.beats_s],
-        downbeats=[t - shift for t in analysis.beats.downbeats_s],
-        chords=[(s.start_s - shift, s.end_s - shift, s.label) for s in analysis.chords.segments],
-        title=f"{audio.name}  -  " + ", ".join(f for f in facts if f),
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(png)
-    console.print(f"Wrote {out} ({len(png) // 1024} KiB): {analysis.summary}")
+    out.write_bytes(picture.png)
+    console.print(f"Wrote {out} ({picture.width_px}x{picture.height_px}): {picture.summary}")
 
 
 if __name__ == "__main__":
