@@ -104,26 +104,28 @@ def ask_model_demo(tools, audio: str) -> None:
     """Ask the embedded TinyMU (or TINYMU_URL) a few questions about the demo clip, as an agent would."""
     from model.errors import TinyMUError
 
-    table = Table(title="TinyMU and the router", show_header=True, title_justify="left")
-    for column in ("tool", "question", "answer", "backend"):
-        table.add_column(column)
+    console.rule("TinyMU and the router")
     try:
         with console.status("loading TinyMU (first run converts SmolLM2 once, ~30 s)"):
-            choice = tools.choose_answer(audio, "Is this piece in a major or a minor key?", ["major", "minor"])
-        family = tools.choose_answer(audio, "Which instrument family plays the melody?",
-                                     ["piano", "guitar", "strings", "brass", "reed", "organ"])
+            choices = [
+                tools.choose_answer(audio, "Is this piece in a major or a minor key?", ["major", "minor"]),
+                tools.choose_answer(audio, "Which instrument family plays the melody?",
+                                    ["piano", "guitar", "strings", "brass", "reed", "organ"]),
+            ]
         routed = tools.answer_music_question(audio, "How fast is it, and what instrument plays the melody?")
     except TinyMUError as error:
         console.print(f"[yellow]model unavailable:[/yellow] {error}")
         return
-    weights = "trained" if choice.trained else "UNTRAINED (answers are not meaningful)"
-    for result in (choice, family):
+    for result in choices:
         shares = ", ".join(f"{o.option} {o.probability:.2f}" for o in result.options)
-        table.add_row("choose_answer", result.question, f"{result.choice}  ({shares})", f"TinyMU, {weights}")
-    table.add_row("answer_music_question", routed.question, routed.summary, " + ".join(routed.backends))
-    console.print(table)
-    if choice.warning:
-        console.print(f"[yellow]{choice.warning}[/yellow]")
+        console.print(f"[bold]choose_answer[/bold] {result.question}\n  -> {result.choice}  ({shares})")
+    console.print(f"[bold]answer_music_question[/bold] {routed.question}\n  -> {routed.summary}\n"
+                  f"  backends: {' + '.join(routed.backends)}; evidence: {'; '.join(routed.evidence)}")
+    model = choices[0].backend
+    console.print(f"model: {model.name} ({model.checkpoint or 'no checkpoint'}), "
+                  + ("trained" if model.trained else "[yellow]UNTRAINED: answers are not meaningful[/yellow]"))
+    if choices[0].warning:
+        console.print(f"[yellow]{choices[0].warning}[/yellow]")
 
 
 # `tinymu serve ...`: long-running servers (the MCP server here; the model service adds `serve model`).

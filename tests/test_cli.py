@@ -51,3 +51,7 @@ def test_demo_renders_and_analyses(runner, tmp_path, monkeypatch):
     assert "A minor  confidence" in table
     bpm = float(table.split("tempo", 1)[1].split("BPM")[0].strip(" │|"))
     assert bpm == pytest.approx(112.0, rel=0.04)
+    # Then the model answers, and the router's answer carries the measured tempo as evidence.
+    model_part = result.output.split("TinyMU and the router", 1)[1]
+    assert "choose_answer" in model_part and "answer_music_question" in model_part
+    assert "backends: dsp + model" in model_part and "tempo" in model_part
