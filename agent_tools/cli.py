@@ -177,14 +177,16 @@ def plot(
     """Draw AUDIO as a PNG: mel spectrogram, chord segments, and the waveform with beats and downbeats."""
     from model.errors import TinyMUError
 
+    tools = toolbox_for(audio)
     try:
-        picture = toolbox_for(audio).plot_clip(str(audio.resolve()), offset, duration)
+        picture = tools.plot_clip(str(audio.resolve()), offset, duration)
+        analysis = tools.analyze_clip(str(audio.resolve()), offset, duration).analysis  # cached by plot_clip
     except TinyMUError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(picture.png)
-    console.print(f"Wrote {out} ({picture.width_px}x{picture.height_px}): {picture.summary}")
+    console.print(f"Wrote {out} ({picture.width_px}x{picture.height_px} px). {analysis.summary}")
 
 
 if __name__ == "__main__":

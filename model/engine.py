@@ -36,7 +36,7 @@ SAMPLE_RATE = 16000
 DEFAULT_MAX_AUDIO_S = 30.0
 CAPTION_PROMPT = "Describe this music clip in detail."
 UNTRAINED_NOTE = "untrained: answers are not meaningful (random audio encoder and projector)"
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).parent / "shipped"
 
 
 class ModelInfo(BaseModel):
@@ -242,7 +242,7 @@ class MusicLM:
 
 
 def shipped_checkpoint() -> Path | None:
-    """The checkpoint packaged under model/checkpoints/, if the training package put one there."""
+    """The checkpoint packaged under model/shipped/, if the training package put one there."""
     files = sorted(CHECKPOINT_DIR.glob("*.safetensors"))
     return files[0] if files else None
 
@@ -253,7 +253,7 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
 
     `checkpoint`: a file in our format (.safetensors or a directory), an official
     `tinymu.pt`, or "preset:NAME" for an untrained model of a named size (e.g.
-    "preset:tiny" in tests). None: the shipped checkpoint under model/checkpoints/ if
+    "preset:tiny" in tests). None: the shipped checkpoint under model/shipped/ if
     present, else SmolLM2 from the offline GGUF with an untrained official-size encoder
     and projector, reported as trained=False. `quantize="int8"` (CPU): int8 decoder weights,
     about 2x faster decoding at near-identical outputs (see model.quantize)."""

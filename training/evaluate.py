@@ -1,6 +1,6 @@
 """Evaluate a TinyMU checkpoint on a held-out QA split, beside blind and text-only baselines.
 
-    python -m training.evaluate --checkpoint model/checkpoints/tinymu-small.safetensors --data .cache/data
+    python -m training.evaluate --checkpoint model/shipped/tinymu-small.safetensors --data .cache/data
 
 For every record of the split (default `test.jsonl`) and every condition:
 

@@ -1,6 +1,6 @@
 """Build the checkpoint the project ships, with one resumable command.
 
-    python -m training.ship [--work .cache/ship] [--out model/checkpoints/tinymu-small.safetensors]
+    python -m training.ship [--work .cache/ship] [--out model/shipped/tinymu-small.safetensors]
 
 Stages (each is skipped when its output already exists, so rerunning the command
 after an interruption resumes where it stopped; LM training resumes mid-run):
@@ -18,7 +18,9 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
 5. evaluate  `training.evaluate` on the held-out test clips, with the blind
              (silence, noise) and text-only baselines in the same run.
 6. ship      the trained checkpoint (delta over the base decoder: encoder,
-             projector, adapters) copied to --out, with the results beside it.
+             projector, adapters) copied to --out, where the engine loads it by
+             default, ONLY if its multiple-choice accuracy beats the blind
+             (silence/noise) baselines by --min-gain-over-blind points.
 
 Everything is seeded. `timings.json` in the work folder records wall and CPU
 seconds per stage.
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "model" / "checkpoints" / "tinymu-small.safetensors"
+DEFAULT_OUT = REPO / "model" / "shipped" / "tinymu-small.safetensors"
 
 
 @dataclass
@@ -55,13 +57,16 @@ class ShipConfig:
     supervised_steps: int = 300
     crop_frames: int = 320
     align_steps: int = 800
-    train_steps: int = 120
+    train_steps: int = 300
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary,open_qa"
+    train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
     lr: float = 5e-4
-    eval_limit: int = 4  # questions per (task, attribute) in the held-out evaluation
+    projector_lr: float = 5e-4
+    eval_limit: int = 6  # questions per (task, attribute) in the held-out evaluation
     eval_conditions: str = "audio,silence,noise"
     eval_tasks: str = "multiple_choice,binary"
+    min_gain_over_blind: float = 10.0  # points of multiple-choice accuracy over silence/noise to be installed
     workers: int = 2
 
 
@@ -72,14 +77,17 @@ class Stages:
         self.file = work / "timings.json"
         self.timings = json.loads(self.file.read_text()) if self.file.is_file() else {}
 
-    def run(self, name: str, done: Path, fn) -> None:
-        if done.exists():
-            print(f"[ship] {name}: done already ({done})", flush=True)
+    def run(self, name: str, done: Path | bool, fn) -> None:
+        if done is True or (isinstance(done, Path) and done.exists()):
+            print(f"[ship] {name}: done already", flush=True)
             return
         print(f"[ship] {name} ...", flush=True)
         wall, cpu = time.time(), time.process_time()
         fn()
-        self.timings[name] = {"wall_s": round(time.time() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+        spent = {"wall_s": round(time.time() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+        if name in self.timings:  # a stage run again (e.g. training extended): add up its cost
+            spent = {k: round(v + self.timings[name][k], 1) for k, v in spent.items()}
+        self.timings[name] = spent
         self.file.write_text(json.dumps(self.timings, indent=1))
         print(f"[ship] {name}: {self.timings[name]}", flush=True)
 
@@ -119,8 +127,8 @@ def ship(cfg: ShipConfig) -> dict:
     def train_lm():
         from training.train import TrainConfig, train
 
-        train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), mode="lora", lr=cfg.lr,
-                          projector_lr=cfg.lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
+        train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), mode=cfg.train_mode, lr=cfg.lr,
+                          projector_lr=cfg.projector_lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
                           max_steps=cfg.train_steps, eval_every=max(10, cfg.train_steps // 5), save_every=10,
                           val_records=48, seed=cfg.seed, tasks=tuple(cfg.train_tasks.split(",")),
                           features=features, resume=True))
@@ -140,19 +148,44 @@ def ship(cfg: ShipConfig) -> dict:
     stages.run("data", data / "manifest.json", build_data)
     stages.run("encoder", encoder_ckpt, pretrain_encoder)
     stages.run("align", aligned_ckpt, align_projector)
-    stages.run("train", run_dir / "tinymu.safetensors", train_lm)
-    stages.run("evaluate", eval_dir / "eval_results.json", evaluate)
+    # Raising --train-steps and rerunning continues the same run; the evaluation follows the checkpoint.
+    summary_file = run_dir / "summary.json"
+    trained_steps = json.loads(summary_file.read_text())["steps"] if summary_file.is_file() else 0
+    stages.run("train", trained_steps >= cfg.train_steps, train_lm)
+    results_file = eval_dir / "eval_results.json"
+    stages.run("evaluate", results_file.is_file() and results_file.stat().st_mtime > summary_file.stat().st_mtime,
+               evaluate)
 
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "tinymu.safetensors", out)
     results = json.loads((eval_dir / "eval_results.json").read_text())
-    summary = {"checkpoint": str(out), "size_mb": round(out.stat().st_size / 2**20, 1), "timings": stages.timings,
+    listens, reason = hears_the_audio(results, cfg.min_gain_over_blind)
+    out = Path(cfg.out)
+    if listens:
+        # Only a checkpoint that beats its own blind baseline may become the engine's default:
+        # a model answering from priors would be reported as "trained" and mislead every agent.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "tinymu.safetensors", out)
+    else:
+        out = run_dir / "tinymu.safetensors"
+        print(f"[ship] NOT installed as the default model: {reason}; the checkpoint stays at {out}")
+    summary = {"checkpoint": str(out), "installed": listens, "gate": reason,
+               "size_mb": round(out.stat().st_size / 2**20, 1), "timings": stages.timings,
                "total_wall_s": round(sum(t["wall_s"] for t in stages.timings.values()), 1),
                "total_cpu_s": round(sum(t["cpu_s"] for t in stages.timings.values()), 1),
                "accuracy": {c: r.get("accuracy") for c, r in results["conditions"].items()}}
     (work / "ship_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def hears_the_audio(results: dict, min_gain: float) -> tuple[bool, str]:
+    """Whether multiple-choice accuracy with the audio beats the best blind condition by `min_gain` points."""
+    accuracy = {c: r.get("accuracy", {}).get("multiple_choice/loglik") for c, r in results["conditions"].items()}
+    heard = accuracy.get("audio")
+    blind = max((v for c, v in accuracy.items() if c in ("silence", "noise") and v is not None), default=None)
+    if heard is None or blind is None:
+        return False, "the evaluation lacks the audio or blind multiple-choice condition"
+    gain = 100 * (heard - blind)
+    verdict = f"multiple choice {100 * heard:.1f} % with audio vs {100 * blind:.1f} % blind ({gain:+.1f} points)"
+    return gain >= min_gain, verdict
 
 
 def parse_args(argv: list[str] | None = None) -> ShipConfig:
