@@ -15,6 +15,7 @@ same soundfont.
 from __future__ import annotations
 
 import io
+import os
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -396,7 +397,13 @@ def _melody_bar(track, spec, bar_start, beat_s, tonic, scale, chord_tones, pitch
 
 @cache
 def find_soundfont() -> Path:
-    """A General MIDI soundfont on this machine (FluidR3 preferred, TimGM6mb as fallback)."""
+    """A General MIDI soundfont: $TINYMU_SOUNDFONT, else one in the Debian locations
+    (FluidR3 preferred, TimGM6mb as fallback)."""
+    override = os.environ.get("TINYMU_SOUNDFONT")
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"TINYMU_SOUNDFONT={override} is not a file; point it at a GM .sf2 soundfont")
+        return Path(override)
     for name in SOUNDFONT_PREFERENCE:
         for folder in SOUNDFONT_DIRS:
             path = Path(folder) / name
@@ -408,7 +415,8 @@ def find_soundfont() -> Path:
             return found[0]
     raise FileNotFoundError(
         "No General MIDI soundfont found in /usr/share/sounds/sf2 or /usr/share/soundfonts; "
-        "install one: apt-get install --no-install-recommends fluid-soundfont-gm timgm6mb-soundfont"
+        "install one (apt-get install --no-install-recommends fluid-soundfont-gm timgm6mb-soundfont) "
+        "or set TINYMU_SOUNDFONT to the path of a GM .sf2 file"
     )
 
 
