@@ -370,7 +370,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 3.0)
             opt.step()
-            sup_history.append(float(loss))
+            sup_history.append(float(loss.detach()))
         report["supervised_loss_first"] = float(np.mean(sup_history[: max(1, len(sup_history) // 10)]))
         report["supervised_loss_last"] = float(np.mean(sup_history[-max(1, len(sup_history) // 10):]))
         if n_val:
