@@ -393,25 +393,33 @@ class MusicTools:
         clip, info = self.load(audio, offset_s, duration_s)
         measured: dict[str, object] = {}
         evidence: list[str] = []
+        answers: list[str] = []
         if decision.dsp:
             analysis = self._measure("analysis", clip, ClipAnalysis)
             for name in decision.dsp:
                 result = getattr(analysis, name)
                 measured[name] = result
                 evidence.append(f"{name}: {result.summary}")
+                answers.append(result.summary)
         model_answer = None
         warning = None
         if decision.uses_model:
             try:
                 model_answer = self.ask_about_music(audio, question, offset_s, duration_s)
-                evidence.append(f"model ({model_answer.backend.name}): {model_answer.answer}")
                 warning = model_answer.warning
+                if model_answer.trained:
+                    evidence.append(f"model ({model_answer.backend.name}): {model_answer.answer}")
+                    answers.append(model_answer.answer)
+                else:
+                    # An untrained model's words must never read as the answer; they stay in model_answer.
+                    evidence.append(f"model ({model_answer.backend.name}): untrained, its answer is not used")
+                    answers.append("The descriptive part is unanswered: the music-language model is untrained.")
             except BackendError as exc:  # no model, or its service is down: the measurements still stand
                 if not decision.dsp:
                     raise
                 warning = f"The music-language model could not answer the descriptive part: {exc}"
         backends = (["dsp"] if decision.dsp else []) + (["model"] if model_answer else [])
-        summary = " ".join(e.split(": ", 1)[1] for e in evidence)
+        summary = " ".join(answers)
         return RoutedAnswer(
             summary=summary, audio=info, question=question, backends=backends, reason=decision.reason,
             evidence=evidence, model_answer=model_answer, warning=warning, **measured,

@@ -554,6 +554,8 @@ async def test_answer_music_question_routes_and_shows_evidence(model_server, mus
     assert t["backends"] == ["dsp"] and t["model_answer"] is None
     assert t["tempo"]["bpm"] == pytest.approx(120, rel=0.04) and any("BPM" in e for e in t["evidence"])
     assert m["backends"] == ["model"] and m["model_answer"]["trained"] is False and m["warning"]
+    # The untrained model's words stay in model_answer; the summary an agent reads says it is unanswered.
+    assert "untrained" in m["summary"] and m["model_answer"]["answer"] not in m["summary"]
     assert set(x["backends"]) == {"dsp", "model"}
     assert x["key"]["key"] == music["labels"].key and x["reason"]
 
