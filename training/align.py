@@ -146,7 +146,7 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     with torch.no_grad():
         val_loss = float(loss_of(*batch_of(val)))
     report = {"clips": len(names), "steps": steps, "loss_first": history[0] if history else None,
