@@ -35,9 +35,11 @@ from training.synth import SongLabels, generate_set
 TARGETS = {
     "tempo Acc1": ">= 0.95", "tempo Acc2": "1.00", "downbeat F": ">= 0.93", "meter accuracy": ">= 0.95",
     "key MIREX": ">= 0.92", "chord majmin": ">= 0.93", "full analyze": "<= 3 s", "cache hit (decode+hash+read)": "<= 0.02 s",
+    "cache hit, warm server (decode+hash+memory)": "<= 0.02 s",
 }
 ACCURACY_ROWS = ["tempo Acc1", "tempo Acc2", "beat F", "downbeat F", "meter accuracy", "key MIREX", "key exact", "chord majmin"]
-TIME_ROWS = ["tempo", "beats + downbeats", "key", "chords", "full analyze", "cache hit (decode+hash+read)"]
+TIME_ROWS = ["tempo", "beats + downbeats", "key", "chords", "full analyze", "cache hit (decode+hash+read)",
+             "cache hit, warm server (decode+hash+memory)"]
 
 
 # ---- systems: each returns per-clip estimates and CPU seconds per tool ----------------------
@@ -65,6 +67,10 @@ def run_ours(paths: list[Path], cache_dir: Path) -> tuple[list[dict], dict]:
         start = time.process_time()
         hit = cache.get("analysis", load_audio(path).sha256, {}, ClipAnalysis)  # decode + hash + lookup
         times["cache hit (decode+hash+read)"].append(time.process_time() - start)
+        assert hit is not None and hit.sha256 == clip.sha256
+        start = time.process_time()  # the same request again: a long-lived server answers from memory
+        hit = cache.get("analysis", load_audio(path).sha256, {}, ClipAnalysis)
+        times["cache hit, warm server (decode+hash+memory)"].append(time.process_time() - start)
         assert hit is not None and hit.sha256 == clip.sha256
         estimates.append(dict(
             bpm=result.tempo.bpm, beats=result.beats.beats_s, downbeats=result.beats.downbeats_s,
