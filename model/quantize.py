@@ -18,9 +18,17 @@ from torch import nn
 class Int8WeightLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        weight = linear.weight.detach()
+        weight_int8 = torch.empty(weight.shape, dtype=torch.int8)
+        scale = torch.empty(weight.shape[0], dtype=torch.float32)
+        # Row blocks keep the float temporaries small: whole-matrix ones for the 49152-row
+        # lm_head raised the process's peak memory by ~250 MB.
+        for start in range(0, weight.shape[0], 4096):
+            rows = weight[start:start + 4096].float()
+            block_scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            weight_int8[start:start + 4096] = torch.round(rows / block_scale[:, None]).clamp(-127, 127).to(torch.int8)
+            scale[start:start + 4096] = block_scale
+        self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scale", scale.to(torch.bfloat16))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features

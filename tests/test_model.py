@@ -470,3 +470,17 @@ def test_int8_decoder_weights_stay_close(tiny):
     engine = load_engine("preset:tiny", device="cpu", quantize="int8")
     assert engine.info().dtype == "float32+int8"
     assert sum(engine.choose(tone_clip(2.0), "Which?", ["a", "b", "c"]).probabilities) == pytest.approx(1.0)
+
+
+def test_int8_quantisation_of_a_tall_matrix_matches_whole_matrix_rounding():
+    """Weights are quantised in row blocks (to bound memory); the result equals per-row rounding of the whole matrix."""
+    from model.quantize import Int8WeightLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 9000, bias=False)  # three row blocks, the last one partial
+    quantized = Int8WeightLinear(linear)
+    weight = linear.weight.detach()
+    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    expected = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    assert torch.equal(quantized.weight_int8, expected)
+    assert torch.equal(quantized.scale, scale.to(torch.bfloat16))
