@@ -12,10 +12,10 @@ import soundfile as sf
 import torch
 
 
-from model.config import EOS_ID, PAD_ID, preset  # noqa: E402
-from model.errors import InputError  # noqa: E402
-from training.dataset import MusicQADataset, build_dataset, collate, load_clip, read_labels  # noqa: E402
-from training.qa import load_records  # noqa: E402
+from model.config import EOS_ID, PAD_ID, preset
+from model.errors import InputError
+from training.dataset import MusicQADataset, build_dataset, collate, load_clip, read_labels
+from training.qa import load_records
 
 
 @pytest.fixture(scope="module")

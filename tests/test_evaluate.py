@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 
-from training.dataset import build_dataset, load_clip, read_labels  # noqa: E402
-from training.evaluate import (  # noqa: E402
+from training.dataset import build_dataset, load_clip, read_labels
+from training.evaluate import (
     app,
     bleu4,
     condition_engine,
@@ -18,7 +18,7 @@ from training.evaluate import (  # noqa: E402
     rouge_l,
     write_report,
 )
-from training.qa import QAGenerator, ValuePools, load_records  # noqa: E402
+from training.qa import QAGenerator, ValuePools, load_records
 
 
 @pytest.fixture(scope="module")

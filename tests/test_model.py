@@ -10,12 +10,12 @@ import pytest
 import torch
 
 
-from model import checkpoints, decoding  # noqa: E402
-from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset  # noqa: E402
-from model.engine import load_engine  # noqa: E402
-from model.errors import AudioTooShortError, InputError, InvalidSamplesError  # noqa: E402
-from model.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt, score_answer, summarize  # noqa: E402
-from model.tinymu import TinyMU, build_model  # noqa: E402
+from model import checkpoints, decoding
+from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset
+from model.engine import load_engine
+from model.errors import AudioTooShortError, InputError, InvalidSamplesError
+from model.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt, score_answer, summarize
+from model.tinymu import TinyMU, build_model
 
 SR = 16000
 

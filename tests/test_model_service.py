@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 
 
-from model.client import RemoteMusicLM  # noqa: E402
-from model.engine import MusicModel, load_engine, load_model  # noqa: E402
-from model.errors import AudioTooShortError, InputError, ModelServiceError  # noqa: E402
-from model.service import create_app, encode_audio  # noqa: E402
+from model.client import RemoteMusicLM
+from model.engine import MusicModel, load_engine, load_model
+from model.errors import AudioTooShortError, InputError, ModelServiceError
+from model.service import create_app, encode_audio
 
 TOKEN = "s3cret-token"
 SR = 16000
