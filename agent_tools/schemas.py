@@ -94,6 +94,14 @@ class ModelBackend(BaseModel):
     remote: bool = Field(description="True when a remote model service (TINYMU_URL) answered.")
     trained: bool = Field(description="False when the weights are untrained: the answer is then not meaningful.")
 
+    def credit(self, summary: str) -> dict:
+        """The fields every model result shares: its summary (marked when the weights are untrained),
+        this backend, the trained flag and the warning an untrained model must carry."""
+        if self.trained:
+            return {"summary": summary, "backend": self, "trained": True, "warning": None}
+        return {"summary": f"(untrained model) {summary}", "backend": self, "trained": False,
+                "warning": UNTRAINED_WARNING}
+
 
 UNTRAINED_WARNING = (
     "The music-language model's weights are untrained: this text is not a meaningful description of the audio. "

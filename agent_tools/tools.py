@@ -40,7 +40,6 @@ from agent_tools.recommend import (
 )
 from agent_tools.similarity import IndexReport, KeyMode, Method, SimilarResults, TempoConstraint
 from agent_tools.schemas import (
-    UNTRAINED_WARNING,
     AudioInfo,
     BeatsReport,
     ChordsReport,
@@ -319,12 +318,7 @@ class MusicTools:
         with self.computing():
             answer = model.answer(samples, question).strip()
         report_progress(3, 3, "done")
-        warning = None if backend.trained else UNTRAINED_WARNING
-        summary = answer if backend.trained else f"(untrained model) {answer}"
-        return ModelAnswer(
-            summary=summary, audio=info, question=question, answer=answer,
-            backend=backend, trained=backend.trained, warning=warning,
-        )
+        return ModelAnswer(audio=info, question=question, answer=answer, **backend.credit(answer))
 
     def describe_music(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> MusicCaption:
         """Describe the clip in a sentence or two: genre, instruments, mood, tempo feel (a caption).
@@ -336,11 +330,7 @@ class MusicTools:
         with self.computing():
             caption = model.caption(samples).strip()
         report_progress(3, 3, "done")
-        return MusicCaption(
-            summary=caption if backend.trained else f"(untrained model) {caption}",
-            audio=info, caption=caption, backend=backend, trained=backend.trained,
-            warning=None if backend.trained else UNTRAINED_WARNING,
-        )
+        return MusicCaption(audio=info, caption=caption, **backend.credit(caption))
 
     def choose_answer(
         self,
@@ -369,12 +359,10 @@ class MusicTools:
         chosen = options[choice.index]
         summary = f"({letters[choice.index]}) {chosen} with probability {probabilities[choice.index]:.2f}"
         return MultipleChoice(
-            summary=summary if backend.trained else f"(untrained model) {summary}",
             audio=info, question=question, choice=chosen, choice_letter=letters[choice.index],
             choice_index=choice.index,
             options=[OptionProbability(letter=l, option=o, probability=p) for l, o, p in zip(letters, options, probabilities)],
-            backend=backend, trained=backend.trained,
-            warning=None if backend.trained else UNTRAINED_WARNING,
+            **backend.credit(summary),
         )
 
     # --- routed questions ----------------------------------------------------------------
