@@ -231,3 +231,17 @@ def test_text_only_students_stay_near_chance_on_held_out_clips():
     overall = scores["all"]
     assert overall["n"] > 600
     assert overall["option_prior"] < 0.32 and overall["logistic_regression"] < 0.33, overall
+
+
+def test_family_questions_name_whole_family_words(records):
+    """A single family must read as its word ("brass"), never spelled out ("b, r, a, s and s")."""
+    from training.labels import GM_FAMILIES
+
+    families = [r for r in records if (r.meta or {}).get("attribute") == "instrument_families"]
+    assert families
+    for record in families:
+        if record.task == "multiple_choice":
+            assert set(record.meta["options"]) <= set(GM_FAMILIES), record.meta["options"]
+        text = record.input_text + " " + record.target_text
+        assert not any(len(word) == 1 and word.isalpha() and word not in ("a", "A", "I")
+                       for word in text.replace(",", " ").split()), text

@@ -159,7 +159,7 @@ def attribute_value(labels: ClipLabels, attribute: str) -> Any:
 def value_text(attribute: str, value: Any) -> str:
     """How a value reads inside an answer or option."""
     if attribute in ("instrument_families", "instruments"):
-        items = list(value)
+        items = [value] if isinstance(value, str) else list(value)  # one family, or several
         return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
     if attribute == "chords":
         return " - ".join(value)
