@@ -246,18 +246,43 @@ def read_header(path: str | Path) -> CheckpointHeader:
                             notes=meta.get("notes", ""), created=meta.get("created", ""))
 
 
-def load_checkpoint(path: str | Path) -> tuple[TinyMU, CheckpointHeader]:
-    """Build the model a checkpoint describes and load its weights (on CPU, float32)."""
+def _int8_replaced_keys(cfg: TinyMUConfig) -> set[str]:
+    """State-dict keys that int8 loading replaces: the weights of the decoder's plain Linear
+    layers, and the input embedding when the output layer is tied to it."""
+    with torch.device("meta"):  # shapes only, no memory
+        skeleton = TinyMU(cfg)
+    keys = {f"lm.{name}.{part}" for name, module in skeleton.lm.named_modules() if type(module) is torch.nn.Linear
+            for part in ("weight", "bias")}
+    if cfg.lm.tie_word_embeddings:
+        keys.add("lm.model.embed_tokens.weight")
+    return keys
+
+
+def load_checkpoint(path: str | Path, quantize: str | None = None) -> tuple[TinyMU, CheckpointHeader]:
+    """Build the model a checkpoint describes and load its weights (on CPU, float32).
+
+    `quantize="int8"`: when the checkpoint leaves every decoder Linear weight at the base
+    decoder's values (e.g. it carries only LoRA adapters, norms, projector), the base decoder
+    is quantised while it loads (model.tinymu.build_model) and the checkpoint applied on top,
+    which keeps the peak memory low. Otherwise the int8 quantisation must see the trained
+    weights, so the model loads in float32 and the caller (MusicLM) quantises it afterwards."""
     header = read_header(path)
     cfg = header.config
+    file = str(checkpoint_file(path))
     if header.lm_base is None:
         # The file holds the whole decoder: skip loading base weights that would be overwritten.
         cfg = TinyMUConfig.from_dict({**cfg.to_dict(), "lm_weights": "random"})
     else:
         cfg.lm_weights = header.lm_base
-    model = build_model(cfg)
+    if quantize and header.lm_base is not None:
+        with safe_open(file, framework="pt") as handle:
+            stored = set(handle.keys())
+        quantize = None if stored & _int8_replaced_keys(cfg) else quantize
+    else:
+        quantize = None
+    model = build_model(cfg, quantize=quantize)
     model.cfg = header.config
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(checkpoint_file(path))).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(file).items()}
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"checkpoint has tensors the model lacks: {result.unexpected_keys[:5]}")
@@ -270,6 +295,6 @@ def load_checkpoint(path: str | Path) -> tuple[TinyMU, CheckpointHeader]:
     if header.encoder_digest and _encoder_digest(model.encoder) != header.encoder_digest:
         raise CheckpointError("this checkpoint regenerates its frozen encoder from a seed, and this torch version "
                               "draws different weights; re-save it with delta_over_base=False")
-    if cfg.lm.tie_word_embeddings:
+    if cfg.lm.tie_word_embeddings and not quantize:  # an int8 lm_head was made from the (unchanged) embedding
         model.lm.tie_weights()
     return model, header

@@ -7,6 +7,10 @@ recomputes the whole padded sequence without a KV cache; every option scored by
 its own full forward, encoder included), with the speed-up as a ratio.
 The weights are the official sizes (SmolLM2-135M from the offline GGUF and an
 official-size encoder); speed does not depend on whether they are trained.
+
+`--memory` measures instead the peak resident memory of the default engine per decoder
+setting (float32, int8), each in a fresh process: load, one 4-option question on a 10 s
+clip, 32 generated tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -84,13 +91,9 @@ def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int =
         prepared[name] = (wave, embeds)
     results["peak_rss_mb"] = peak_rss_mb()
     if int8:
-        # The same clips with int8 decoder weights (CPU option): decoding and multiple choice.
-        import copy
-
-        from model.engine import MusicLM
-
-        int8_engine = MusicLM(copy.deepcopy(model), engine.tokenizer, trained=False, checkpoint=None, device="cpu",
-                              quantize="int8")
+        # The same clips with int8 decoder weights (CPU option), loaded the way the tools load
+        # them (quantised while streaming in): decoding and multiple choice.
+        int8_engine = load_engine(checkpoint, device="cpu", quantize="int8")
         for name, (wave, embeds) in prepared.items():
             row = results["clips"][name]
             with torch.inference_mode():
@@ -116,6 +119,59 @@ def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int =
         row["decode_speedup"] = row["tokens_per_s"] / row["ref_tokens_per_s"]
     results["peak_rss_with_reference_mb"] = peak_rss_mb()
     return results
+
+
+MEMORY_SETTINGS = {"float32": None, "int8": "int8"}  # table label -> load_engine(quantize=...)
+
+
+def memory_probe(checkpoint: str | None, quantize: str | None) -> dict:
+    """The memory scenario in this process: the peak RSS after loading, and after answering."""
+    from model.engine import load_engine
+
+    begin = time.perf_counter()
+    engine = load_engine(checkpoint, device="cpu", quantize=quantize)
+    result = {"load_s": time.perf_counter() - begin, "peak_after_load_mb": peak_rss_mb()}
+    clip = test_clip(10.0)
+    engine.choose(clip, QUESTION, OPTIONS)
+    engine.answer(clip, QUESTION, max_new_tokens=32)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def run_memory(checkpoint: str | None, runs: int, threads: int) -> dict:
+    """Each setting `runs` times, every run in a fresh interpreter: the peak of a process
+    never goes down, so measuring two settings in one process would show the larger."""
+    results = {"checkpoint": checkpoint or "default", "runs": runs, "settings": {}}
+    for label, quantize in MEMORY_SETTINGS.items():
+        command = [sys.executable, "-m", "training.bench_model", "--probe", quantize or "none",
+                   "--threads", str(threads)] + (["--checkpoint", checkpoint] if checkpoint else [])
+        probes = []
+        for _ in range(runs):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"memory probe {label} failed:\n{done.stderr[-2000:]}")
+            probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results["settings"][label] = probes
+    return results
+
+
+def render_memory(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = results["settings"]
+    baseline = statistics.median(p["peak_rss_mb"] for p in settings["float32"])
+    table = Table(title=f"TinyMU peak resident memory (ru_maxrss), checkpoint {results['checkpoint']}, "
+                        f"load + 4-option MC on 10 s + 32 tokens, fresh process per run")
+    for column in ("decoder weights", "peak RSS per run (MB)", "median (MB)", "vs float32",
+                   "peak after load (MB)", "load (s)"):
+        table.add_column(column, justify="left" if column == "decoder weights" else "right")
+    for label, probes in settings.items():
+        peak = statistics.median(p["peak_rss_mb"] for p in probes)
+        table.add_row(label, ", ".join(f"{p['peak_rss_mb']:.0f}" for p in probes), f"{peak:.0f}",
+                      f"{peak / baseline:.2f}x", f"{statistics.median(p['peak_after_load_mb'] for p in probes):.0f}",
+                      f"{statistics.median(p['load_s'] for p in probes):.2f}")
+    Console().print(table)
 
 
 def render(results: dict) -> None:
@@ -156,16 +212,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated with the KV cache")
     parser.add_argument("--reference-tokens", type=int, default=8, help="tokens generated the reference way")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--checkpoint", default="preset:official")
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights to load (default: preset:official for speed, the engine default for --memory)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 (CPU) option rows")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--memory", action="store_true", help="measure peak memory per decoder setting instead")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per setting with --memory")
+    parser.add_argument("--probe", choices=["none", "int8"], help=argparse.SUPPRESS)  # one --memory run
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = run(tuple(args.seconds), args.tokens, args.reference_tokens, args.repeats, args.checkpoint,
-                  not args.no_int8)
-    render(results)
+    if args.probe:
+        print(json.dumps(memory_probe(args.checkpoint, None if args.probe == "none" else args.probe)))
+        return {}
+    if args.memory:
+        results = run_memory(args.checkpoint, args.runs, args.threads)
+        render_memory(results)
+    else:
+        results = run(tuple(args.seconds), args.tokens, args.reference_tokens, args.repeats,
+                      args.checkpoint or "preset:official", not args.no_int8)
+        render(results)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
