@@ -141,11 +141,13 @@ def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
 
 def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     from model.checkpoints import save_checkpoint
-    from training.align import align, label_text
+    from training.align import SLOTS, align, slot_words
     from training.labels import ClipLabels
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
     report = align(tiny_data, str(init), tmp_path / "aligned.safetensors", steps=60, batch=3, lr=3e-3, quiet=True)
     assert report["loss_last"] < report["loss_first"] / 2
     labels = ClipLabels.from_metadata(json.loads((tiny_data / "clips" / "c1.json").read_text()))
-    assert "waltz" in label_text(labels) and "3/4" in label_text(labels)
+    words = dict(zip(SLOTS, slot_words(labels)))
+    assert words["style"] == "waltz" and words["meter"] == "three", words
+    assert set(report["val_slot_accuracy"]) == set(SLOTS)
