@@ -93,12 +93,13 @@ class ModelBackend(BaseModel):
     checkpoint: str | None = Field(default=None, description="Checkpoint the weights came from.")
     remote: bool = Field(description="True when a remote model service (TINYMU_URL) answered.")
     trained: bool = Field(description="False when the weights are untrained: the answer is then not meaningful.")
+    caveat: str | None = Field(default=None, description="What the trained weights are known not to do well.")
 
     def credit(self, summary: str) -> dict:
         """The fields every model result shares: its summary (marked when the weights are untrained),
-        this backend, the trained flag and the warning an untrained model must carry."""
+        this backend, the trained flag and the warning: the untrained one, or the trained weights' caveat."""
         if self.trained:
-            return {"summary": summary, "backend": self, "trained": True, "warning": None}
+            return {"summary": summary, "backend": self, "trained": True, "warning": self.caveat}
         return {"summary": f"(untrained model) {summary}", "backend": self, "trained": False,
                 "warning": UNTRAINED_WARNING}
 

@@ -293,6 +293,7 @@ class MusicTools:
             checkpoint=getattr(info, "checkpoint", None),
             remote=bool(getattr(info, "remote", False) or self.settings.model_url),
             trained=info.trained,
+            caveat=(getattr(info, "note", "") or None) if info.trained else None,
         )
 
     def _model_audio(self, audio: str, offset_s: float, duration_s: float | None):

@@ -152,6 +152,7 @@ class CheckpointHeader:
     format_version: int
     notes: str
     created: str
+    caveat: str = ""  # what a user of these weights must know (e.g. "trained on synthetic music only")
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -189,10 +190,11 @@ def _seeded_encoder_state(cfg: TinyMUConfig) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_over_base: bool = True,
-                    half: bool = False, notes: str = "") -> Path:
+                    half: bool = False, notes: str = "", caveat: str = "") -> Path:
     """Write `model` in our format. With `delta_over_base`, decoder tensors identical to the base
     decoder (`cfg.lm_weights`, unless "random") are left out. `half` stores floating tensors
-    as float16 to halve the size (inference only). Returns the file written."""
+    as float16 to halve the size (inference only). `caveat` travels with the weights into every
+    model tool result (as its warning). Returns the file written."""
     file = checkpoint_file(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -220,6 +222,7 @@ def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_ove
         "lm_base": lm_base or "",
         "encoder_from_seed": encoder_digest,
         "notes": notes,
+        "caveat": caveat,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     save_file({k: v.contiguous() for k, v in state.items()}, str(file), metadata=metadata)
@@ -243,7 +246,8 @@ def read_header(path: str | Path) -> CheckpointHeader:
     return CheckpointHeader(config=TinyMUConfig.from_json(meta["config"]), trained=json.loads(meta["trained"]),
                             lm_base=meta.get("lm_base") or None, format_version=version,
                             encoder_digest=meta.get("encoder_from_seed") or None,
-                            notes=meta.get("notes", ""), created=meta.get("created", ""))
+                            notes=meta.get("notes", ""), created=meta.get("created", ""),
+                            caveat=meta.get("caveat", ""))
 
 
 def _int8_replaced_keys(cfg: TinyMUConfig) -> set[str]:

@@ -121,13 +121,14 @@ class MusicLM:
 
     def __init__(self, model: TinyMU, tokenizer, *, trained: bool, checkpoint: str | None,
                  device: str = "auto", max_audio_s: float = DEFAULT_MAX_AUDIO_S, name: str = "TinyMU",
-                 quantize: str | None = None):
+                 quantize: str | None = None, caveat: str = ""):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.quantize = quantize
+        self.caveat = caveat
         self.parameters = parameter_count(self.model)
         if quantize == "int8":
             if self.device.type != "cpu":
@@ -234,7 +235,7 @@ class MusicLM:
             name=self.name, checkpoint=self.checkpoint, trained=self.trained, device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch.") + ("+int8" if self.quantize else ""), parameters=self.parameters,
             audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
-            trained_audio_s=self.model.cfg.audio_seconds, note="" if self.trained else UNTRAINED_NOTE,
+            trained_audio_s=self.model.cfg.audio_seconds, note=self.caveat if self.trained else UNTRAINED_NOTE,
         )
 
 
@@ -275,6 +276,7 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
 
     # int8 decoders are quantised while loading (lower peak memory); MusicLM checks the setting.
     load_quantized = "int8" if quantize == "int8" else None
+    caveat = ""
     try:
         if checkpoint is None:
             checkpoint = str(shipped_checkpoint()) if shipped_checkpoint() else "preset:official"
@@ -288,14 +290,14 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
             trained, source = True, checkpoint
         else:
             model, header = checkpoints.load_checkpoint(checkpoint, quantize=load_quantized)
-            trained, source = header.trained, checkpoint
+            trained, source, caveat = header.trained, checkpoint, header.caveat
         tokenizer = smollm2.load_tokenizer(model.cfg.lm_weights)
     except (ModelUnavailableError, InputError):
         raise
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelUnavailableError(f"cannot load the TinyMU model ({checkpoint}): {exc}") from exc
     return MusicLM(model, tokenizer, trained=trained, checkpoint=source, device=device, max_audio_s=max_audio_s,
-                   quantize=quantize)
+                   quantize=quantize, caveat=caveat)
 
 
 _engines: dict[tuple, MusicLM] = {}

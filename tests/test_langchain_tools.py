@@ -130,3 +130,20 @@ def test_recoverable_errors_middleware_catches_unexpected_exceptions():
 def test_unknown_tool_names_are_rejected(setup):
     with pytest.raises(ValueError, match="Unknown tool"):
         build_toolkit(Settings(), names=["estimate_tempo", "summon_dragons"])
+
+
+def test_trained_weights_carry_their_caveat_into_every_model_result(setup, tmp_path):
+    """A trained checkpoint's caveat (e.g. "synthetic training data only") is the warning agents read."""
+    from model import checkpoints
+    from model.config import preset
+    from model.engine import load_engine
+    from model.tinymu import build_model
+
+    caveat = "trained on synthetic clips only"
+    file = checkpoints.save_checkpoint(build_model(preset("tiny")), tmp_path / "ckpt", trained=True, caveat=caveat)
+    folder, labels, _ = setup
+    trained = MusicTools(Settings(roots=(folder,), cache_dir=tmp_path / "cache"),
+                         model=load_engine(str(file), device="cpu"))
+    result = trained.describe_music(str(folder / f"{next(iter(labels))}.wav"), duration_s=5.0)
+    assert result.trained is True and result.warning == caveat and result.backend.caveat == caveat
+    assert not result.summary.startswith("(untrained model)")

@@ -361,16 +361,19 @@ def test_matpac_encoder_file(tiny):
 
 
 def test_own_checkpoint_round_trip(tiny, tmp_path):
-    file = checkpoints.save_checkpoint(tiny, tmp_path / "ckpt", trained=True, notes="unit test")
+    caveat = "trained on synthetic clips only"
+    file = checkpoints.save_checkpoint(tiny, tmp_path / "ckpt", trained=True, notes="unit test", caveat=caveat)
     assert file.name == "tinymu.safetensors"
     loaded, header = checkpoints.load_checkpoint(tmp_path / "ckpt")
     assert header.trained is True and header.notes == "unit test" and header.lm_base is None
+    assert header.caveat == caveat
     assert header.config == tiny.cfg
     loaded_state = loaded.state_dict()
     for key, value in tiny.state_dict().items():
         assert torch.equal(loaded_state[key], value), key
     engine = load_engine(str(file), device="cpu")
     assert engine.info().trained is True and engine.info().checkpoint == str(file)
+    assert engine.info().note == caveat  # the caveat travels with the weights (tools show it as their warning)
 
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.CheckpointError):

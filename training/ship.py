@@ -37,7 +37,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,8 +162,7 @@ def ship(cfg: ShipConfig) -> dict:
     if listens:
         # Only a checkpoint that beats its own blind baseline may become the engine's default:
         # a model answering from priors would be reported as "trained" and mislead every agent.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "tinymu.safetensors", out)
+        install(run_dir / "tinymu.safetensors", out, caveat=caveat_of(cfg, reason))
     else:
         out = run_dir / "tinymu.safetensors"
         print(f"[ship] NOT installed as the default model: {reason}; the checkpoint stays at {out}")
@@ -175,6 +173,23 @@ def ship(cfg: ShipConfig) -> dict:
                "accuracy": {c: r.get("accuracy") for c, r in results["conditions"].items()}}
     (work / "ship_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def caveat_of(cfg: ShipConfig, verdict: str) -> str:
+    """The warning every answer of the shipped model carries (model tool results show it)."""
+    return (f"A small TinyMU trained here on {cfg.n_train} synthetic clips only ({verdict} on held-out synthetic "
+            "clips). Real recordings are far from its training data: treat its answers as rough guesses, and use "
+            "the DSP tools for tempo, key, chords and meter.")
+
+
+def install(trained: Path, out: Path, caveat: str) -> Path:
+    """Copy a trained checkpoint to `out` (the engine's default when it is under model/shipped/),
+    with the caveat written into its header. The weights are the evaluated ones, unchanged."""
+    from model.checkpoints import load_checkpoint, save_checkpoint
+
+    model, header = load_checkpoint(trained)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(model, out, trained=True, notes=header.notes, caveat=caveat)
 
 
 def hears_the_audio(results: dict, min_gain: float) -> tuple[bool, str]:
