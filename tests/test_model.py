@@ -487,3 +487,16 @@ def test_int8_quantisation_of_a_tall_matrix_matches_whole_matrix_rounding():
     expected = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
     assert torch.equal(quantized.weight_int8, expected)
     assert torch.equal(quantized.scale, scale.to(torch.bfloat16))
+
+
+def test_the_shipped_checkpoint_is_the_trained_default():
+    """model/shipped/ holds the checkpoint `python -m training.ship` trained and gated: small, adapter-only
+    over the GGUF-derived SmolLM2, loaded by default, trained, and carrying its caveat."""
+    from model.engine import shipped_checkpoint
+
+    file = shipped_checkpoint()
+    assert file is not None and file.stat().st_size < 50 * 2**20
+    header = checkpoints.read_header(file)
+    assert header.trained is True and header.lm_base == "smollm2-gguf" and "synthetic" in header.caveat
+    info = load_engine(None, device="cpu", quantize="int8").info()
+    assert info.trained is True and info.checkpoint == str(file) and info.note == header.caveat
