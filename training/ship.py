@@ -57,7 +57,7 @@ class ShipConfig:
     supervised_steps: int = 600
     crop_frames: int = 320
     align_steps: int = 600
-    train_steps: int = 500
+    train_steps: int = 800
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
