@@ -17,7 +17,8 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
              SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice and
              yes/no questions; encoder outputs cached once.
 5. evaluate  `training.evaluate` on the held-out test clips, with the blind
-             (silence, noise) and text-only baselines in the same run.
+             (silence, noise) baselines in the same run (the text-only ones:
+             `python -m training.evaluate --conditions smollm2,text_only ...`).
 6. ship      the trained checkpoint (delta over the base decoder: encoder,
              projector, adapters) copied to --out, where the engine loads it by
              default, ONLY if its multiple-choice accuracy beats the blind
