@@ -87,6 +87,32 @@ def test_tiny_training_lowers_loss_resumes_and_loads_into_engine(tiny_data, tmp_
     assert sum(choice.probabilities) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_same_seed_retrains_the_same_weights(tiny_data, tmp_path):
+    """What makes `python -m training.ship` reproducible: align and LM training are deterministic
+    for a seed on a CPU (different seeds must differ, or the check would prove nothing)."""
+    from safetensors.torch import load_file
+
+    from model.checkpoints import save_checkpoint
+    from training.align import align
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+
+    def weights(seed: int, tag: str) -> dict[str, torch.Tensor]:
+        aligned = tmp_path / f"aligned_{tag}.safetensors"
+        align(tiny_data, str(init), aligned, steps=6, batch=3, seed=seed, quiet=True,
+              features_file=tmp_path / "features.safetensors")
+        out = tmp_path / f"run_{tag}"
+        train(parse_args(["--data", str(tiny_data), "--out", str(out), "--init", str(aligned), "--mode", "lora",
+                          "--lora-rank", "4", "--batch", "4", "--micro-batch", "4", "--max-steps", "3",
+                          "--lr", "1e-3", "--seed", str(seed), "--eval-every", "3", "--quiet"]))
+        return load_file(str(out / "tinymu.safetensors"))
+
+    first, again, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
     from training.train import build_for_training, set_trainable
 

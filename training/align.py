@@ -16,8 +16,8 @@ sentence length and the projector learned them poorly: 18 % of tokens nearest to
 word.) The encoder's tokens carry their time position (sin-cos embedding), which is how
 the per-token projector knows its slot. The loss reads each token through the tied
 embedding table the way the LM head would (cross-entropy over the words the slots use)
-and pulls it to the word's embedding norm (squared distance), so the LM sees inputs of
-the size it was trained on.
+and pulls it to the word's embedding (squared distance), so the LM sees inputs of the
+size it was trained on. The read-out uses cosine similarity at a low temperature.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def slot_targets(slot_ids: list[int], n_tokens: int) -> torch.Tensor:
 
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
-          seed: int = 0, features_file: Path | None = None, quiet: bool = False) -> dict:
+          temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, quiet: bool = False) -> dict:
     """Train the projector of checkpoint `init` on the slot words of the training clips in
     `data` (never the test split); write the checkpoint `out`; return measurements,
     including each slot's held-out accuracy (the slot's word read from the clip's tokens)."""
@@ -138,7 +138,10 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
     def loss_of(x, y):
         pred = projector(x)
         distance = (pred - table[y]).pow(2).sum(-1).mean() / scale**2
-        logits = pred @ table[words].T / scale
+        # Cosine logits, sharpened: raw dot products span only a few units here, too soft for the
+        # cross-entropy to separate close neighbours such as " C"/" D" or " three"/" four"
+        # (measured: held-out slot accuracy of the key's tonic 17 % -> 68 %, lead instrument 28 -> 73 %).
+        logits = F.normalize(pred, dim=-1) @ F.normalize(table[words], dim=-1).T / temperature
         wanted = torch.tensor([column[int(i)] for i in y.flatten()])
         return distance + F.cross_entropy(logits.flatten(0, 1), wanted)
 
@@ -187,10 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.05, help="of the cosine read-out in the loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", type=Path, default=None, help="feature cache file (shared with training.train)")
     a = p.parse_args(argv)
-    print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
+    print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr,
+                           temperature=a.temperature, seed=a.seed,
                            features_file=a.features), indent=1))
 
 

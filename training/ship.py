@@ -57,7 +57,7 @@ class ShipConfig:
     ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up
     supervised_steps: int = 600
     crop_frames: int = 320
-    align_steps: int = 600
+    align_steps: int = 1500
     train_steps: int = 800
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
