@@ -14,10 +14,10 @@ each attribute appears five times across the clip. (A first version spelled the 
 as one sentence repeated over the positions; its word positions moved with each clip's
 sentence length and the projector learned them poorly: 18 % of tokens nearest to their
 word.) The encoder's tokens carry their time position (sin-cos embedding), which is how
-the per-token projector knows its slot. The loss reads each token through the tied
-embedding table the way the LM head would (cross-entropy over the words the slots use)
-and pulls it to the word's embedding (squared distance), so the LM sees inputs of the
-size it was trained on. The read-out uses cosine similarity at a low temperature.
+the per-token projector knows its slot. The loss reads each token against the tied
+embedding table (cosine similarity at a low temperature, cross-entropy over the words
+the slots use) and pulls it to the word's embedding (squared distance), so the LM sees
+inputs of the size it was trained on.
 """
 
 from __future__ import annotations
