@@ -87,6 +87,12 @@ class TinyMUConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     # What the model sees: the reference feeds the first 10 s of each clip.
     audio_seconds: float = 10.0
+    # Optional word read-out of the audio tokens (off in the reference model): each projected
+    # token becomes a softmax mixture, at this temperature over cosine similarity, of the
+    # input embeddings of these token ids, so the decoder sees (near-)real words. The small
+    # checkpoint uses the words its align stage names slots with (training/align.py).
+    audio_vocabulary: tuple[int, ...] = ()
+    audio_vocabulary_temperature: float = 0.05
     prompt_length: int = 129
     target_length: int = 129
 
@@ -101,8 +107,9 @@ class TinyMUConfig:
         data = dict(data)
         encoder = EncoderConfig(**data.pop("encoder", {}))
         lm = LMConfig(**data.pop("lm", {}))
-        if "lora_targets" in data:
-            data["lora_targets"] = tuple(data["lora_targets"])
+        for key in ("lora_targets", "audio_vocabulary"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(encoder=encoder, lm=lm, **data)
 
     @classmethod

@@ -102,7 +102,15 @@ class TinyMU(nn.Module):
 
     def audio_embeddings(self, audio_tokens: torch.Tensor) -> torch.Tensor:
         """Encoder tokens [B, T, 3840] -> LM input embeddings [B, T, 576]."""
-        return self.projector(audio_tokens.to(self.lm.get_input_embeddings().weight.dtype))
+        table = self.lm.get_input_embeddings().weight
+        projected = self.projector(audio_tokens.to(table.dtype))
+        if not self.cfg.audio_vocabulary:
+            return projected
+        # Word read-out (cfg.audio_vocabulary): a soft choice among real word embeddings, so a
+        # decoder fine-tuned on few examples reads inputs it already understands.
+        words = table[torch.tensor(self.cfg.audio_vocabulary, device=table.device)]
+        similarity = F.normalize(projected, dim=-1) @ F.normalize(words, dim=-1).T
+        return torch.softmax(similarity / self.cfg.audio_vocabulary_temperature, dim=-1) @ words
 
     def pooled_embedding(self, wave: torch.Tensor) -> torch.Tensor:
         """Mean of the encoder tokens over time: one vector per clip for similarity search."""

@@ -380,6 +380,27 @@ def test_own_checkpoint_round_trip(tiny, tmp_path):
         checkpoints.load_checkpoint(tmp_path / "bad.safetensors")
 
 
+def test_word_readout_feeds_mixtures_of_real_word_embeddings(tiny, tmp_path):
+    import dataclasses
+
+    words = (5, 9, 23, 40)
+    cfg = dataclasses.replace(tiny.cfg, audio_vocabulary=words, audio_vocabulary_temperature=1e-4)
+    model = TinyMU(cfg, tiny.lm).eval()
+    model.projector.load_state_dict(tiny.projector.state_dict())
+    tokens = torch.randn(2, 7, cfg.encoder.output_dim)
+    with torch.no_grad():
+        plain = tiny.audio_embeddings(tokens)
+        read = model.audio_embeddings(tokens)
+    table = tiny.lm.get_input_embeddings().weight.detach()[list(words)]
+    # At a near-zero temperature each token becomes the embedding of its nearest word (cosine).
+    nearest = (torch.nn.functional.normalize(plain, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T).argmax(-1)
+    assert torch.allclose(read, table[nearest], atol=1e-5)
+    assert not torch.allclose(read, plain)
+    file = checkpoints.save_checkpoint(model, tmp_path / "readout", trained=False)
+    loaded, header = checkpoints.load_checkpoint(file)
+    assert header.config.audio_vocabulary == words and loaded.cfg.audio_vocabulary_temperature == 1e-4
+
+
 def test_delta_checkpoint_over_smollm2(tmp_path):
     """A checkpoint over the offline SmolLM2 stores only the encoder, projector, LoRA
     adapters and the decoder tensors training changed."""

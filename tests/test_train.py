@@ -166,8 +166,9 @@ def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
 
 
 def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
-    from model.checkpoints import save_checkpoint
-    from training.align import SLOTS, align, slot_words
+    from model.checkpoints import load_checkpoint, save_checkpoint
+    from model.smollm2 import load_tokenizer
+    from training.align import SLOTS, align, slot_token_ids, slot_words
     from training.labels import ClipLabels
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
@@ -177,3 +178,11 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     words = dict(zip(SLOTS, slot_words(labels)))
     assert words["style"] == "waltz" and words["meter"] == "three", words
     assert set(report["val_slot_accuracy"]) == set(SLOTS)
+    plain, _ = load_checkpoint(tmp_path / "aligned.safetensors")
+    assert plain.cfg.audio_vocabulary == ()  # the read-out is opt-in
+
+    align(tiny_data, str(init), tmp_path / "read.safetensors", steps=2, batch=3, word_readout=True, quiet=True)
+    read, _ = load_checkpoint(tmp_path / "read.safetensors")
+    vocabulary = read.cfg.audio_vocabulary
+    assert len(vocabulary) == len(set(vocabulary))
+    assert set(slot_token_ids(load_tokenizer(read.cfg.lm_weights), labels)) <= set(vocabulary)

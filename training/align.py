@@ -97,10 +97,15 @@ def slot_targets(slot_ids: list[int], n_tokens: int) -> torch.Tensor:
 
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
-          temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, quiet: bool = False) -> dict:
+          temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, word_readout: bool = False,
+          quiet: bool = False) -> dict:
     """Train the projector of checkpoint `init` on the slot words of the training clips in
     `data` (never the test split); write the checkpoint `out`; return measurements,
-    including each slot's held-out accuracy (the slot's word read from the clip's tokens)."""
+    including each slot's held-out accuracy (the slot's word read from the clip's tokens).
+
+    `word_readout`: the checkpoint also switches on the model's word read-out over these
+    slot words (`TinyMUConfig.audio_vocabulary`, at this `temperature`: the same softmax
+    this loss trains), so the decoder is fed mixtures of real word embeddings."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, header = load_checkpoint(init)
@@ -177,7 +182,11 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
               "val_slot_accuracy": slot_accuracy(val), "train_slot_accuracy": slot_accuracy(train[:len(val) * 2]),
               "slot_choices": {slot: len(c) for slot, c in zip(SLOTS, choices)},
               "seconds": round(time.time() - started, 1)}
-    save_checkpoint(model, out, trained=False, notes=f"{header.notes}; align steps={steps}")
+    if word_readout:
+        model.cfg.audio_vocabulary = tuple(int(w) for w in words)
+        model.cfg.audio_vocabulary_temperature = temperature
+    save_checkpoint(model, out, trained=False,
+                    notes=f"{header.notes}; align steps={steps}{'; word read-out' if word_readout else ''}")
     Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -193,10 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.05, help="of the cosine read-out in the loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", type=Path, default=None, help="feature cache file (shared with training.train)")
+    p.add_argument("--word-readout", action="store_true",
+                   help="feed the decoder mixtures of the slot words' embeddings (TinyMUConfig.audio_vocabulary)")
     a = p.parse_args(argv)
     print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr,
                            temperature=a.temperature, seed=a.seed,
-                           features_file=a.features), indent=1))
+                           features_file=a.features, word_readout=a.word_readout), indent=1))
 
 
 if __name__ == "__main__":
