@@ -212,10 +212,18 @@ class MusicLM:
                           option=None if index is None else options[index], method="generate", raw_answer=text)
         if method != "loglik":
             raise InputError("method must be 'loglik' or 'generate'")
+        with self._lock, torch.inference_mode():
+            embeds = self._audio_embeds(audio)
+        return self.choose_embedded(embeds, question, options, length_normalize=length_normalize)
+
+    def choose_embedded(self, embeds: torch.Tensor, question: str, options: list[str], *,
+                        length_normalize: bool = True) -> Choice:
+        """`choose(method="loglik")` from audio tokens already in the decoder's space [T, 576]
+        (e.g. the projected feature cache of training.sweep)."""
+        question, options = _check_question(question), _check_options(options)
         prompt = self._prompt_tokens(build_prompt(question, options))
         candidates = [self._tokens(o)[: self.model.cfg.target_length - 1] for o in options]
         with self._lock, torch.inference_mode():
-            embeds = self._audio_embeds(audio)
             prefix = self.model.build_prefix([embeds], [prompt])
             scores = decoding.score_options(self.model, prefix, self.model.target_start(embeds.shape[0]), candidates)
         totals, counts = scores[:, 0].double(), scores[:, 1].double()

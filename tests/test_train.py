@@ -186,3 +186,23 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     vocabulary = read.cfg.audio_vocabulary
     assert len(vocabulary) == len(set(vocabulary))
     assert set(slot_token_ids(load_tokenizer(read.cfg.lm_weights), labels)) <= set(vocabulary)
+
+
+def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path):
+    from model.checkpoints import save_checkpoint
+    from training import sweep
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+    common = ["--data", str(tiny_data), "--init", str(init), "--features", str(tmp_path / "features.safetensors"),
+              "--out", str(tmp_path / "sweep")]
+    sweep.main(common + ["--run", '{"name": "a", "mode": "full", "lr": 3e-3, "max_steps": 2}',
+                         "--run", '{"name": "b", "mode": "projector", "max_steps": 1}'])
+    results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    val_choices = [r for r in qa.load_records(tiny_data / "val.jsonl") if r.task == "multiple_choice"]
+    assert [r["run"]["name"] for r in results] == ["a", "b"]
+    for r in results:
+        assert r["n"] == len(val_choices) > 0
+        assert 0 <= r["audio"] <= 100 and 0 <= r["silence"] <= 100
+    assert json.loads((tmp_path / "sweep" / "a" / "summary.json").read_text())["steps"] == 2
+    with pytest.raises(SystemExit, match="unknown TrainConfig fields"):
+        sweep.main(common + ["--run", '{"name": "c", "learning_rate": 1}'])

@@ -12,7 +12,9 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
              training clips' labels (linear-probe accuracies are recorded).
 3. align     `training.align`: the projector learns to turn audio tokens into the
              word embeddings of the clip's labels, one word per fixed slot ("waltz",
-             "minor", "three", ...; no LM forward: cheap).
+             "minor", "three", ...; no LM forward: cheap); with --word-readout (on
+             by default) the decoder then reads each token as a mixture of those
+             words' embeddings.
 4. train     `training.train --mode lora`: projector + rank-32 adapters on q/v of
              SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice and
              yes/no questions; encoder outputs cached once.
@@ -58,7 +60,8 @@ class ShipConfig:
     supervised_steps: int = 600
     crop_frames: int = 320
     align_steps: int = 1500
-    train_steps: int = 800
+    word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
+    train_steps: int = 600
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
@@ -123,7 +126,8 @@ def ship(cfg: ShipConfig) -> dict:
     def align_projector():
         from training.align import align
 
-        align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features)
+        align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features,
+              word_readout=cfg.word_readout)
 
     def train_lm():
         from training.train import TrainConfig, train
@@ -209,8 +213,11 @@ def parse_args(argv: list[str] | None = None) -> ShipConfig:
     p = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.split("\n\n")[0])
     defaults = ShipConfig()
     for name, value in asdict(defaults).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(value) if not isinstance(value, Path) else Path,
-                       default=value)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):  # --word-readout / --no-word-readout
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            p.add_argument(flag, type=type(value) if not isinstance(value, Path) else Path, default=value)
     return ShipConfig(**vars(p.parse_args(argv)))
 
 

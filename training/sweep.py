@@ -1,0 +1,99 @@
+"""Compare LM-stage settings quickly: train each briefly, score validation multiple choice.
+
+    python -m training.sweep --data DIR --init ALIGNED.safetensors --features FEATURES.safetensors \\
+        --out DIR --run '{"name": "lora"}' --run '{"name": "full", "mode": "full", "lr": 1e-4}'
+
+Why: the held-out evaluation (training.evaluate) decodes every clip and runs the encoder
+and several protocols; comparing recipes needs only the LM stage, and the encoder tokens
+of the validation clips are already in the feature cache that training uses. Each run is
+`training.train` with the run's overrides of TrainConfig (defaults below: the shipped
+LoRA recipe, 600 steps), then every validation multiple-choice question whose clip is in
+the cache is answered by option log-likelihood (`MusicLM.choose_embedded`) with the clip's
+tokens and with the tokens of silence in their place. Validation clips are few (40 in
+the shipped data), so differences of a few points are noise; confirm a winner with
+training.evaluate on the test clips. Runs on a GPU when one is present (bf16).
+Writes OUT/sweep.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from model.engine import load_engine
+from training.features import encoder_fingerprint, read_features
+from training.qa import load_records
+from training.train import TrainConfig, train
+
+DEFAULTS = dict(mode="lora", lr=5e-4, projector_lr=2e-4, batch=8, micro_batch=8, max_steps=600, val_records=48,
+                tasks=("multiple_choice", "binary"), quiet=True)
+
+
+def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    settings = {k: v for k, v in run.items() if k != "name"}
+    unknown = set(settings) - known
+    if unknown:
+        raise SystemExit(f"unknown TrainConfig fields in run {run.get('name')!r}: {sorted(unknown)}")
+    if "tasks" in settings:
+        settings["tasks"] = tuple(settings["tasks"])
+    cfg = {**DEFAULTS, "bf16": torch.cuda.is_available(), **settings}
+    return TrainConfig(data=data, out=out / run["name"], init=init, features=features,
+                       eval_every=10**9, save_every=10**9, **cfg)
+
+
+def score_validation(checkpoint: Path, data: Path, features: Path, split: str = "val") -> dict:
+    """Multiple-choice accuracy (%) on the cached clips of `split`, with their audio tokens and with silence."""
+    engine = load_engine(str(checkpoint))
+    model = engine.model
+    with torch.inference_mode():
+        # The cache is only valid for this encoder: read_features returns {} for another one.
+        cached = read_features(features, encoder_fingerprint(model.encoder), model.cfg.audio_seconds)
+        silence = model.encode_audio(torch.zeros(1, int(model.cfg.audio_seconds * model.cfg.encoder.sample_rate),
+                                                 device=engine.device))
+    records = [r for r in load_records(data / f"{split}.jsonl") if r.task == "multiple_choice" and r.file_name in cached]
+    if not records:
+        raise SystemExit(f"no {split} multiple-choice records with cached features in {features}")
+    right = {"audio": 0, "silence": 0}
+    for record in records:
+        meta = record.meta
+        tokens = {"audio": cached[record.file_name][None].to(engine.device, engine.dtype), "silence": silence}
+        for condition, audio in tokens.items():
+            with torch.inference_mode():
+                embeds = model.audio_embeddings(audio)[0]
+            choice = engine.choose_embedded(embeds, meta["question"], meta["options"])
+            right[condition] += choice.index == meta["answer"]
+    return {"n": len(records), **{c: round(100 * k / len(records), 1) for c, k in right.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m training.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--init", required=True, help="aligned checkpoint every run starts from")
+    p.add_argument("--features", type=Path, required=True, help="the feature cache of the training clips")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--run", action="append", required=True, type=json.loads,
+                   help='JSON object: "name" plus TrainConfig overrides, e.g. {"name": "long", "max_steps": 1600}')
+    a = p.parse_args(argv)
+    results = []
+    for run in a.run:
+        started = time.time()
+        summary = train(run_config(a.data, a.init, a.features, a.out, run))
+        scores = score_validation(a.out / run["name"] / "tinymu.safetensors", a.data, a.features)
+        results.append({"run": run, **scores, "train_s": summary["seconds"], "total_s": round(time.time() - started)})
+        print(json.dumps(results[-1]), flush=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "sweep.json").write_text(json.dumps(results, indent=1))
+    print("\n| run | settings | val MC with audio | with silence | n | train s |\n|---|---|---|---|---|---|")
+    for r in results:
+        settings = {k: v for k, v in r["run"].items() if k != "name"}
+        print(f"| {r['run']['name']} | {json.dumps(settings)} | {r['audio']} | {r['silence']} | {r['n']} | {r['train_s']} |")
+
+
+if __name__ == "__main__":
+    main()
