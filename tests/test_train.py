@@ -196,7 +196,7 @@ def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path
     common = ["--data", str(tiny_data), "--init", str(init), "--features", str(tmp_path / "features.safetensors"),
               "--out", str(tmp_path / "sweep")]
     sweep.main(common + ["--run", '{"name": "a", "mode": "full", "lr": 3e-3, "max_steps": 2}',
-                         "--run", '{"name": "b", "mode": "projector", "max_steps": 1}'])
+                         "--run", f'{{"name": "b", "mode": "projector", "max_steps": 1, "init": "{init}"}}'])
     results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     val_choices = [r for r in qa.load_records(tiny_data / "val.jsonl") if r.task == "multiple_choice"]
     assert [r["run"]["name"] for r in results] == ["a", "b"]

@@ -7,7 +7,7 @@ Why: the held-out evaluation (training.evaluate) decodes every clip and runs the
 and several protocols; comparing recipes needs only the LM stage, and the encoder tokens
 of the validation clips are already in the feature cache that training uses. Each run is
 `training.train` with the run's overrides of TrainConfig (defaults below: the shipped
-LoRA recipe, 600 steps), then every validation multiple-choice question whose clip is in
+LoRA recipe, 600 steps; "init" too), then every validation multiple-choice question whose clip is in
 the cache is answered by option log-likelihood (`MusicLM.choose_embedded`) with the clip's
 tokens and with the tokens of silence in their place. Validation clips are few (40 in
 the shipped data), so differences of a few points are noise; confirm a winner with
@@ -42,9 +42,10 @@ def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> T
         raise SystemExit(f"unknown TrainConfig fields in run {run.get('name')!r}: {sorted(unknown)}")
     if "tasks" in settings:
         settings["tasks"] = tuple(settings["tasks"])
-    cfg = {**DEFAULTS, "bf16": torch.cuda.is_available(), **settings}
-    return TrainConfig(data=data, out=out / run["name"], init=init, features=features,
-                       eval_every=10**9, save_every=10**9, **cfg)
+    # A run may also start from another checkpoint ("init"), e.g. one without the word read-out.
+    cfg = {"data": data, "init": init, "features": features, "eval_every": 10**9, "save_every": 10**9,
+           "bf16": torch.cuda.is_available(), **DEFAULTS, **settings, "out": out / run["name"]}
+    return TrainConfig(**cfg)
 
 
 def score_validation(checkpoint: Path, data: Path, features: Path, split: str = "val") -> dict:
