@@ -392,9 +392,13 @@ def test_word_readout_feeds_mixtures_of_real_word_embeddings(tiny, tmp_path):
         plain = tiny.audio_embeddings(tokens)
         read = model.audio_embeddings(tokens)
     table = tiny.lm.get_input_embeddings().weight.detach()[list(words)]
-    # At a near-zero temperature each token becomes the embedding of its nearest word (cosine).
-    nearest = (torch.nn.functional.normalize(plain, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T).argmax(-1)
-    assert torch.allclose(read, table[nearest], atol=1e-5)
+    # At a near-zero temperature each token becomes the embedding of its nearest word (cosine),
+    # wherever that word is nearest by a clear margin (near-ties stay mixtures).
+    cosine = torch.nn.functional.normalize(plain, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    top2 = cosine.topk(2, dim=-1).values
+    clear = top2[..., 0] - top2[..., 1] > 0.01
+    assert clear.sum() >= 7
+    assert torch.allclose(read[clear], table[cosine.argmax(-1)][clear], atol=1e-5)
     assert not torch.allclose(read, plain)
     file = checkpoints.save_checkpoint(model, tmp_path / "readout", trained=False)
     loaded, header = checkpoints.load_checkpoint(file)
