@@ -28,10 +28,14 @@ import torch
 from model.engine import load_engine
 from training.features import encoder_fingerprint, read_features
 from training.qa import load_records
+from training.ship import ShipConfig
 from training.train import TrainConfig, train
 
-DEFAULTS = dict(mode="lora", lr=5e-4, projector_lr=2e-4, batch=8, micro_batch=8, max_steps=600, val_records=48,
-                tasks=("multiple_choice", "binary"), quiet=True)
+_SHIP = ShipConfig()
+# The LM stage exactly as `python -m training.ship` runs it, unless a run overrides a field.
+DEFAULTS = dict(mode=_SHIP.train_mode, lr=_SHIP.lr, projector_lr=_SHIP.projector_lr, batch=_SHIP.train_batch,
+                micro_batch=_SHIP.train_batch, max_steps=_SHIP.train_steps, val_records=48,
+                tasks=tuple(_SHIP.train_tasks.split(",")), seed=_SHIP.seed, quiet=True)
 
 
 def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> TrainConfig:
@@ -52,21 +56,22 @@ def score_validation(checkpoint: Path, data: Path, features: Path, split: str = 
     """Multiple-choice accuracy (%) on the cached clips of `split`, with their audio tokens and with silence."""
     engine = load_engine(str(checkpoint))
     model = engine.model
-    with torch.inference_mode():
-        # The cache is only valid for this encoder: read_features returns {} for another one.
-        cached = read_features(features, encoder_fingerprint(model.encoder), model.cfg.audio_seconds)
-        silence = model.encode_audio(torch.zeros(1, int(model.cfg.audio_seconds * model.cfg.encoder.sample_rate),
-                                                 device=engine.device))
+    # The cache is only valid for this encoder: read_features returns {} for another one.
+    cached = read_features(features, encoder_fingerprint(model.encoder), model.cfg.audio_seconds)
     records = [r for r in load_records(data / f"{split}.jsonl") if r.task == "multiple_choice" and r.file_name in cached]
     if not records:
         raise SystemExit(f"no {split} multiple-choice records with cached features in {features}")
+    with torch.inference_mode():
+        # Each clip (and silence) is projected once, not once per question.
+        silence = model.encode_audio(torch.zeros(1, int(model.cfg.audio_seconds * model.cfg.encoder.sample_rate),
+                                                 device=engine.device))
+        blind = model.audio_embeddings(silence)[0]
+        heard = {name: model.audio_embeddings(cached[name][None].to(engine.device, engine.dtype))[0]
+                 for name in {r.file_name for r in records}}
     right = {"audio": 0, "silence": 0}
     for record in records:
         meta = record.meta
-        tokens = {"audio": cached[record.file_name][None].to(engine.device, engine.dtype), "silence": silence}
-        for condition, audio in tokens.items():
-            with torch.inference_mode():
-                embeds = model.audio_embeddings(audio)[0]
+        for condition, embeds in (("audio", heard[record.file_name]), ("silence", blind)):
             choice = engine.choose_embedded(embeds, meta["question"], meta["options"])
             right[condition] += choice.index == meta["answer"]
     return {"n": len(records), **{c: round(100 * k / len(records), 1) for c, k in right.items()}}
