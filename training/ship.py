@@ -65,6 +65,7 @@ class ShipConfig:
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
+    train_val_records: int = 48  # validation questions scored at each of the LM stage's evaluations
     lr: float = 5e-4
     projector_lr: float = 2e-4  # lower: the align stage already placed it
     eval_limit: int = 8  # questions per (task, attribute) in the held-out evaluation
@@ -135,8 +136,8 @@ def ship(cfg: ShipConfig) -> dict:
         train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), mode=cfg.train_mode, lr=cfg.lr,
                           projector_lr=cfg.projector_lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
                           max_steps=cfg.train_steps, eval_every=max(10, cfg.train_steps // 5), save_every=10,
-                          val_records=48, seed=cfg.seed, tasks=tuple(cfg.train_tasks.split(",")),
-                          features=features, resume=True))
+                          val_records=cfg.train_val_records, seed=cfg.seed,
+                          tasks=tuple(cfg.train_tasks.split(",")), features=features, resume=True))
 
     def evaluate():
         from model.engine import load_engine

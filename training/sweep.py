@@ -33,9 +33,10 @@ from training.train import TrainConfig, train
 
 _SHIP = ShipConfig()
 # The LM stage exactly as `python -m training.ship` runs it, unless a run overrides a field.
-DEFAULTS = dict(mode=_SHIP.train_mode, lr=_SHIP.lr, projector_lr=_SHIP.projector_lr, batch=_SHIP.train_batch,
-                micro_batch=_SHIP.train_batch, max_steps=_SHIP.train_steps, val_records=48,
-                tasks=tuple(_SHIP.train_tasks.split(",")), seed=_SHIP.seed, quiet=True)
+DEFAULTS = {"mode": _SHIP.train_mode, "lr": _SHIP.lr, "projector_lr": _SHIP.projector_lr,
+            "batch": _SHIP.train_batch, "micro_batch": _SHIP.train_batch, "max_steps": _SHIP.train_steps,
+            "val_records": _SHIP.train_val_records, "tasks": tuple(_SHIP.train_tasks.split(",")),
+            "seed": _SHIP.seed, "quiet": True}
 
 
 def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> TrainConfig:
