@@ -479,7 +479,9 @@ class QAGenerator:
         truth = attribute_value(clip, attribute)
         if truth is None:
             return None
-        true_values = set(truth) if attribute == "instrument_families" else {truth}
+        # A list, not a set: the random tie-breaks below are drawn in this order, and a set of
+        # strings iterates in a per-process order (hash seed), which made datasets differ by run.
+        true_values = list(truth) if attribute == "instrument_families" else [truth]
         false_values = [v for v in self.pools.support(attribute) if v not in true_values]
         if attribute == "lead_family":
             false_values = [v for v in false_values if v not in set(clip.families or ())]
