@@ -168,7 +168,7 @@ def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
 def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     from model.checkpoints import load_checkpoint, save_checkpoint
     from model.smollm2 import load_tokenizer
-    from training.align import SLOTS, align, slot_token_ids, slot_words
+    from training.align import SLOTS, align, slot_name_ids, slot_token_ids, slot_words
     from training.labels import ClipLabels
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
@@ -186,6 +186,29 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     vocabulary = read.cfg.audio_vocabulary
     assert len(vocabulary) == len(set(vocabulary))
     assert set(slot_token_ids(load_tokenizer(read.cfg.lm_weights), labels)) <= set(vocabulary)
+
+    report = align(tiny_data, str(init), tmp_path / "lab.safetensors", steps=2, batch=3, word_readout=True,
+                   labelled=True, quiet=True)
+    labelled, _ = load_checkpoint(tmp_path / "lab.safetensors")
+    assert report["labelled"] and set(report["val_slot_accuracy"]) == set(SLOTS)
+    assert set(slot_name_ids(load_tokenizer(read.cfg.lm_weights))) <= set(labelled.cfg.audio_vocabulary)
+
+
+def test_labelled_layout_puts_each_slot_name_before_its_value():
+    from model.smollm2 import load_tokenizer
+    from training.align import SLOTS, naming_word, slot_name_ids, slot_positions, slot_targets
+
+    values = list(range(1000, 1000 + len(SLOTS)))
+    names = slot_name_ids(load_tokenizer("smollm2-gguf"))
+    targets = slot_targets(values, 63, names).tolist()
+    assert targets[:4] == [names[0], values[0], names[1], values[1]]
+    assert targets[2 * len(SLOTS): 2 * len(SLOTS) + 2] == [names[0], values[0]]  # the cycle repeats
+    assert slot_targets(values, 63).tolist()[:len(SLOTS) + 1] == values + values[:1]  # plain layout: values only
+    slot, is_name = slot_positions(63, labelled=True)
+    assert [targets[i] for i in range(63) if not is_name[i]] == [values[k] for k in slot[~is_name].tolist()]
+    # Synth leads are told apart by their second word, other labels by their first.
+    assert [naming_word(p) for p in ("square lead", "synth choir", "tenor sax", "synth lead")] == \
+        ["square", "choir", "tenor", "lead"]
 
 
 def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path):

@@ -10,7 +10,10 @@ the input embedding of one word naming one of the clip's labels.
 The words sit in fixed slots: position i of the 63 audio tokens carries attribute
 `SLOTS[i % len(SLOTS)]` ("waltz", "reed", "tenor", "minor", "three", "fast", ...), one
 single-token word each, so every clip uses the same position -> attribute layout and
-each attribute appears five times across the clip. (A first version spelled the labels
+each attribute appears five times across the clip. With `--labelled` each value word
+follows the word naming its attribute ("genre waltz solo reed melody tenor mode minor
+..."), so the decoder reads which attribute a word answers instead of having to learn
+it from the word's position (the name tokens are the same for every clip). (A first version spelled the labels
 as one sentence repeated over the positions; its word positions moved with each clip's
 sentence length and the projector learned them poorly: 18 % of tokens nearest to their
 word.) The encoder's tokens carry their time position (sin-cos embedding), which is how
@@ -38,11 +41,24 @@ from model.errors import InputError
 from model.smollm2 import load_tokenizer
 from training.features import encode_clips
 from training.labels import GM_FAMILIES, ClipLabels
+from training.qa import instrument_phrase
 
 SLOTS = ("style", "lead_family", "lead_instrument", "mode", "meter", "tempo_class", "drums", "energy", "tonic",
          "family_1", "family_2", "family_3")
 _METER_WORDS = {"3/4": "three", "4/4": "four"}
 _ENERGY_WORDS = {"low": "soft", "medium": "moderate", "high": "loud"}
+# The word naming each slot in the labelled layout (first tokens differ from every value word).
+SLOT_NAMES = {"style": "genre", "lead_family": "solo", "lead_instrument": "melody", "mode": "mode",
+              "meter": "meter", "tempo_class": "tempo", "drums": "percussion", "energy": "dynamics",
+              "tonic": "key", "family_1": "instruments", "family_2": "instruments", "family_3": "instruments"}
+
+
+def naming_word(phrase: str) -> str:
+    """The word of a label that tells it apart from the others: the first ("tenor sax" ->
+    "tenor", "square lead" -> "square"), except after "synth", which many share ("synth pad"
+    -> "pad", "synth choir" -> "choir")."""
+    words = phrase.split()
+    return words[1] if words[0] == "synth" and len(words) > 1 else words[0]
 
 
 def slot_words(labels: ClipLabels) -> list[str]:
@@ -51,7 +67,8 @@ def slot_words(labels: ClipLabels) -> list[str]:
     values = {
         "style": labels.style,
         "lead_family": labels.lead_family,
-        "lead_instrument": labels.lead_instrument.lower() if labels.lead_instrument else None,
+        # The phrase the questions use ("square lead", not "Lead 1 (square)", whose first word all synth leads share).
+        "lead_instrument": instrument_phrase(labels.lead_instrument) if labels.lead_instrument else None,
         "mode": labels.mode,
         "meter": _METER_WORDS.get(labels.meter or ""),
         "tempo_class": labels.tempo_class,
@@ -60,7 +77,7 @@ def slot_words(labels: ClipLabels) -> list[str]:
         "tonic": labels.key_tonic,
         "family_1": families[0], "family_2": families[1], "family_3": families[2],
     }
-    return [(values[slot] or "none").split()[0] for slot in SLOTS]
+    return [naming_word(values[slot] or "none") for slot in SLOTS]
 
 
 def slot_token_ids(tokenizer, labels: ClipLabels) -> list[int]:
@@ -91,21 +108,38 @@ def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
     return out
 
 
-def slot_targets(slot_ids: list[int], n_tokens: int) -> torch.Tensor:
-    """Token id each audio position should carry: position i holds slot i % len(slot_ids)."""
-    return torch.tensor([slot_ids[i % len(slot_ids)] for i in range(n_tokens)])
+def slot_name_ids(tokenizer) -> list[int]:
+    """The first token of each slot's name word (labelled layout), in `SLOTS` order."""
+    return [tokenizer(" " + SLOT_NAMES[slot], add_special_tokens=False).input_ids[0] for slot in SLOTS]
+
+
+def slot_positions(n_tokens: int, labelled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each audio position: the slot it serves, and whether it carries the slot's name
+    (labelled layout: name, value, name, value, ...) rather than its value."""
+    step = torch.arange(n_tokens) % (2 * len(SLOTS) if labelled else len(SLOTS))
+    if not labelled:
+        return step, torch.zeros(n_tokens, dtype=torch.bool)
+    return step // 2, step % 2 == 0
+
+
+def slot_targets(slot_ids: list[int], n_tokens: int, name_ids: list[int] | None = None) -> torch.Tensor:
+    """Token id each audio position should carry: the value of its slot, or (labelled layout,
+    `name_ids` given) the slot's name at the name positions."""
+    slot, is_name = slot_positions(n_tokens, labelled=name_ids is not None)
+    return torch.tensor([name_ids[k] if named else slot_ids[k] for k, named in zip(slot.tolist(), is_name.tolist())])
 
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
           temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, word_readout: bool = False,
-          quiet: bool = False) -> dict:
+          labelled: bool = False, quiet: bool = False) -> dict:
     """Train the projector of checkpoint `init` on the slot words of the training clips in
     `data` (never the test split); write the checkpoint `out`; return measurements,
     including each slot's held-out accuracy (the slot's word read from the clip's tokens).
 
     `word_readout`: the checkpoint also switches on the model's word read-out over these
     slot words (`TinyMUConfig.audio_vocabulary`, at this `temperature`: the same softmax
-    this loss trains), so the decoder is fed mixtures of real word embeddings."""
+    this loss trains), so the decoder is fed mixtures of real word embeddings.
+    `labelled`: each value word follows its slot's name word (see the module docstring)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, header = load_checkpoint(init)
@@ -118,12 +152,13 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
     table = model.lm.get_input_embeddings().weight.detach()
     scale = table.pow(2).sum(-1).mean().sqrt()  # typical embedding norm: the loss is relative to it
     slot_ids = {n: slot_token_ids(tokenizer, labels[n]) for n in names}
-    targets = {n: slot_targets(slot_ids[n], n_tokens) for n in names}
-    # Words each slot takes; the cross-entropy reads tokens against all of them.
+    name_ids = slot_name_ids(tokenizer) if labelled else None
+    targets = {n: slot_targets(slot_ids[n], n_tokens, name_ids) for n in names}
+    # Words each slot takes; the cross-entropy reads tokens against all of them (and the names).
     choices = [sorted({ids[k] for ids in slot_ids.values()}) for k in range(len(SLOTS))]
-    words = torch.tensor(sorted({w for c in choices for w in c}))
+    words = torch.tensor(sorted({w for c in choices for w in c} | set(name_ids or ())))
     column = {int(w): i for i, w in enumerate(words)}
-    slot_of = torch.arange(n_tokens) % len(SLOTS)
+    slot_of, is_name = slot_positions(n_tokens, labelled)
 
     rng.shuffle(names)
     n_val = max(1, len(names) // 10)
@@ -159,7 +194,7 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
         out = {}
         for k, slot in enumerate(SLOTS):
             options = torch.tensor(choices[k])
-            at = slot_of == k
+            at = (slot_of == k) & ~is_name
             pooled = F.normalize(pred[:, at].mean(1), dim=-1)
             picked = options[(pooled @ F.normalize(table[options], dim=-1).T).argmax(-1)]
             out[slot] = round(float((picked == y[:, at][:, 0]).float().mean()), 3)
@@ -180,13 +215,14 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
     report = {"clips": len(names), "steps": steps, "loss_first": history[0] if history else None,
               "loss_last": history[-1] if history else None, "val_loss": val_loss,
               "val_slot_accuracy": slot_accuracy(val), "train_slot_accuracy": slot_accuracy(train[:len(val) * 2]),
-              "slot_choices": {slot: len(c) for slot, c in zip(SLOTS, choices)},
+              "slot_choices": {slot: len(c) for slot, c in zip(SLOTS, choices)}, "labelled": labelled,
               "seconds": round(time.time() - started, 1)}
     if word_readout:
         model.cfg.audio_vocabulary = tuple(int(w) for w in words)
         model.cfg.audio_vocabulary_temperature = temperature
     save_checkpoint(model, out, trained=False,
-                    notes=f"{header.notes}; align steps={steps}{'; word read-out' if word_readout else ''}")
+                    notes=f"{header.notes}; align steps={steps}{'; word read-out' if word_readout else ''}"
+                          f"{'; labelled slots' if labelled else ''}")
     Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -204,10 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--features", type=Path, default=None, help="feature cache file (shared with training.train)")
     p.add_argument("--word-readout", action="store_true",
                    help="feed the decoder mixtures of the slot words' embeddings (TinyMUConfig.audio_vocabulary)")
+    p.add_argument("--labelled", action="store_true", help="precede each slot's value word with its name word")
     a = p.parse_args(argv)
     print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr,
                            temperature=a.temperature, seed=a.seed,
-                           features_file=a.features, word_readout=a.word_readout), indent=1))
+                           features_file=a.features, word_readout=a.word_readout, labelled=a.labelled), indent=1))
 
 
 if __name__ == "__main__":

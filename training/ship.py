@@ -61,6 +61,7 @@ class ShipConfig:
     crop_frames: int = 320
     align_steps: int = 1500
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
+    labelled_slots: bool = True  # each slot's value word follows its name word ("genre waltz mode minor ...")
     train_steps: int = 600
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
@@ -128,7 +129,7 @@ def ship(cfg: ShipConfig) -> dict:
         from training.align import align
 
         align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features,
-              word_readout=cfg.word_readout)
+              word_readout=cfg.word_readout, labelled=cfg.labelled_slots)
 
     def train_lm():
         from training.train import TrainConfig, train
