@@ -10,14 +10,16 @@ the input embedding of one word naming one of the clip's labels.
 The words sit in fixed slots: position i of the 63 audio tokens carries attribute
 `SLOTS[i % len(SLOTS)]` ("waltz", "reed", "tenor", "minor", "three", "fast", ...), one
 single-token word each, so every clip uses the same position -> attribute layout and
-each attribute appears five times across the clip. With `--labelled` each value word
-follows the word naming its attribute ("genre waltz solo reed melody tenor mode minor
-..."), so the decoder reads which attribute a word answers instead of having to learn
-it from the word's position (the name tokens are the same for every clip). (A first version spelled the labels
+each attribute appears five times across the clip. (A first version spelled the labels
 as one sentence repeated over the positions; its word positions moved with each clip's
 sentence length and the projector learned them poorly: 18 % of tokens nearest to their
-word.) The encoder's tokens carry their time position (sin-cos embedding), which is how
-the per-token projector knows its slot. The loss reads each token against the tied
+word.) With `--labelled` each value word follows a word naming its attribute ("genre
+waltz solo reed melody tenor mode minor ..."; each attribute then appears two or three
+times), so the decoder reads which attribute a word answers instead of having to learn
+it from the word's position; the name tokens are the same for every clip.
+
+The encoder's tokens carry their time position (sin-cos embedding), which is how the
+per-token projector knows its slot. The loss reads each token against the tied
 embedding table (cosine similarity at a low temperature, cross-entropy over the words
 the slots use) and pulls it to the word's embedding (squared distance), so the LM sees
 inputs of the size it was trained on.
