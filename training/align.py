@@ -82,9 +82,14 @@ def slot_words(labels: ClipLabels) -> list[str]:
     return [naming_word(values[slot] or "none") for slot in SLOTS]
 
 
+def _first_token(tokenizer, word: str) -> int:
+    """The first token of `word` with its leading space, as inside a sentence."""
+    return tokenizer(" " + word, add_special_tokens=False).input_ids[0]
+
+
 def slot_token_ids(tokenizer, labels: ClipLabels) -> list[int]:
-    """The first token of each slot word (with its leading space, as inside a sentence)."""
-    return [tokenizer(" " + word, add_special_tokens=False).input_ids[0] for word in slot_words(labels)]
+    """The first token of each slot word."""
+    return [_first_token(tokenizer, word) for word in slot_words(labels)]
 
 
 def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
@@ -112,7 +117,7 @@ def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
 
 def slot_name_ids(tokenizer) -> list[int]:
     """The first token of each slot's name word (labelled layout), in `SLOTS` order."""
-    return [tokenizer(" " + SLOT_NAMES[slot], add_special_tokens=False).input_ids[0] for slot in SLOTS]
+    return [_first_token(tokenizer, SLOT_NAMES[slot]) for slot in SLOTS]
 
 
 def slot_positions(n_tokens: int, labelled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
