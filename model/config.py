@@ -68,6 +68,9 @@ class LMConfig:
     tie_word_embeddings: bool = True
 
 
+KEY_CLASSES = 24  # 12 tonics x major/minor, in training.align.key_class order
+
+
 @dataclass
 class TinyMUConfig:
     """The whole model. `lm_weights` says where the decoder's starting weights come from:
@@ -93,6 +96,11 @@ class TinyMUConfig:
     # checkpoint uses the words its align stage names slots with (training/align.py).
     audio_vocabulary: tuple[int, ...] = ()
     audio_vocabulary_temperature: float = 0.05
+    # Optional key context (off in the reference model): the projector's hidden layer also
+    # reads the clip's key posterior, from a linear classifier over the clip's mean token
+    # (model.tinymu.Projector), so major/minor and the tonic come from the whole clip. Used by
+    # the small checkpoint; its align stage trains the classifier on the labelled keys.
+    projector_key_context: bool = False
     prompt_length: int = 129
     target_length: int = 129
 

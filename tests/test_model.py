@@ -405,6 +405,31 @@ def test_word_readout_feeds_mixtures_of_real_word_embeddings(tiny, tmp_path):
     assert header.config.audio_vocabulary == words and loaded.cfg.audio_vocabulary_temperature == 1e-4
 
 
+def test_key_context_lets_every_token_see_the_whole_clip(tiny, tmp_path):
+    import dataclasses
+
+    model = TinyMU(dataclasses.replace(tiny.cfg, projector_key_context=True), tiny.lm).eval()
+    tokens = torch.randn(1, 6, tiny.cfg.encoder.output_dim)
+    changed = tokens.clone()
+    changed[0, -1] += 1.0  # only the last token differs
+    with torch.no_grad():
+        # Without the context a token's embedding depends on that token alone; with it, on every token.
+        assert torch.equal(tiny.audio_embeddings(tokens)[0, 0], tiny.audio_embeddings(changed)[0, 0])
+        assert not torch.allclose(model.audio_embeddings(tokens)[0, 0], model.audio_embeddings(changed)[0, 0])
+        # The reference projector's weights are the same (same seed); the context only adds to them.
+        assert torch.equal(model.projector.linear1.weight, tiny.projector.linear1.weight)
+        # What it adds is the key posterior of the clip's mean token.
+        probs = model.projector.key_logits(tokens).softmax(-1)
+        added = model.projector.context_out(probs).unsqueeze(1)
+        assert torch.allclose(model.projector(tokens),
+                              model.projector.linear2(torch.relu(model.projector.linear1(tokens) + added)))
+    file = checkpoints.save_checkpoint(model, tmp_path / "ctx", trained=False)
+    loaded, header = checkpoints.load_checkpoint(file)
+    assert header.config.projector_key_context
+    with torch.no_grad():
+        assert torch.equal(loaded.audio_embeddings(tokens), model.audio_embeddings(tokens))
+
+
 def test_delta_checkpoint_over_smollm2(tmp_path):
     """A checkpoint over the offline SmolLM2 stores only the encoder, projector, LoRA
     adapters and the decoder tensors training changed."""

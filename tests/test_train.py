@@ -176,7 +176,7 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     assert report["loss_last"] < report["loss_first"] / 2
     labels = ClipLabels.from_metadata(json.loads((tiny_data / "clips" / "c1.json").read_text()))
     words = dict(zip(SLOTS, slot_words(labels)))
-    assert words["style"] == "waltz" and words["meter"] == "three", words
+    assert words["style"] == "waltz" and words["meter"] == "3", words
     assert set(report["val_slot_accuracy"]) == set(SLOTS)
     plain, _ = load_checkpoint(tmp_path / "aligned.safetensors")
     assert plain.cfg.audio_vocabulary == ()  # the read-out is opt-in
@@ -192,6 +192,11 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     labelled, _ = load_checkpoint(tmp_path / "lab.safetensors")
     assert report["labelled"] and set(report["val_slot_accuracy"]) == set(SLOTS)
     assert set(slot_name_ids(load_tokenizer(read.cfg.lm_weights))) <= set(labelled.cfg.audio_vocabulary)
+
+    report = align(tiny_data, str(init), tmp_path / "ctx.safetensors", steps=2, batch=3, key_context=True, quiet=True)
+    context, _ = load_checkpoint(tmp_path / "ctx.safetensors")
+    assert context.cfg.projector_key_context and context.projector.context_head.out_features == 24
+    assert 0 <= report["val_slot_accuracy"]["key (context head)"] <= 1
 
 
 def test_labelled_layout_puts_each_slot_name_before_its_value():
@@ -211,6 +216,23 @@ def test_labelled_layout_puts_each_slot_name_before_its_value():
         ["square", "choir", "tenor", "lead"]
 
 
+def test_slot_values_are_the_tokens_the_answers_spell_them_with():
+    from model.smollm2 import load_tokenizer
+    from training.align import _first_token
+
+    tokenizer = load_tokenizer("smollm2-gguf")
+
+    def answer_tokens(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    # The decoder matches a slot to an option by the token they share.
+    assert _first_token(tokenizer, "3") in answer_tokens("a clip in 3/4 time")
+    assert _first_token(tokenizer, "3") != _first_token(tokenizer, "4")  # the digit, not the space before it
+    assert _first_token(tokenizer, "moderately") in answer_tokens("a medium-tempo, moderately energetic song")
+    assert _first_token(tokenizer, "without") in answer_tokens("a tune in a minor key without drums")
+    assert _first_token(tokenizer, "minor") in answer_tokens("a tune in a minor key without drums")
+
+
 def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path):
     from model.checkpoints import save_checkpoint
     from training import sweep
@@ -218,14 +240,14 @@ def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
     common = ["--data", str(tiny_data), "--init", str(init), "--features", str(tmp_path / "features.safetensors"),
               "--out", str(tmp_path / "sweep")]
-    sweep.main(common + ["--run", '{"name": "a", "mode": "full", "lr": 3e-3, "max_steps": 2}',
+    sweep.main(common + ["--true-words", "--run", '{"name": "a", "mode": "full", "lr": 3e-3, "max_steps": 2}',
                          "--run", f'{{"name": "b", "mode": "projector", "max_steps": 1, "init": "{init}"}}'])
     results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     val_choices = [r for r in qa.load_records(tiny_data / "val.jsonl") if r.task == "multiple_choice"]
     assert [r["run"]["name"] for r in results] == ["a", "b"]
     for r in results:
         assert r["n"] == len(val_choices) > 0
-        assert 0 <= r["audio"] <= 100 and 0 <= r["silence"] <= 100
+        assert 0 <= r["audio"] <= 100 and 0 <= r["silence"] <= 100 and 0 <= r["true_words"] <= 100
     assert json.loads((tmp_path / "sweep" / "a" / "summary.json").read_text())["steps"] == 2
     with pytest.raises(SystemExit, match="unknown TrainConfig fields"):
         sweep.main(common + ["--run", '{"name": "c", "learning_rate": 1}'])

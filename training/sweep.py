@@ -9,7 +9,10 @@ of the validation clips are already in the feature cache that training uses. Eac
 `training.train` with the run's overrides of TrainConfig (defaults below: the shipped
 LoRA recipe, 600 steps; "init" too), then every validation multiple-choice question whose clip is in
 the cache is answered by option log-likelihood (`MusicLM.choose_embedded`) with the clip's
-tokens and with the tokens of silence in their place. Validation clips are few (40 in
+tokens and with the tokens of silence in their place, and (`--true-words`) with the exact
+embeddings of the clip's true slot words (the labelled layout of training.align) in their
+place: what the LM stage reads when the encoder is perfect, so it tells a decoder that
+cannot read its audio words from an encoder that hears wrong. Validation clips are few (40 in
 the shipped data), so differences of a few points are noise; confirm a winner with
 training.evaluate on the test clips. Runs on a GPU when one is present (bf16).
 Writes OUT/sweep.json and prints a table.
@@ -53,8 +56,17 @@ def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> T
     return TrainConfig(**cfg)
 
 
-def score_validation(checkpoint: Path, data: Path, features: Path, split: str = "val") -> dict:
-    """Multiple-choice accuracy (%) on the cached clips of `split`, with their audio tokens and with silence."""
+def true_word_embeddings(model, tokenizer, labels, n_tokens: int) -> torch.Tensor:
+    """The decoder inputs of a perfect encoder: the clip's slot words in the labelled layout."""
+    from training.align import slot_name_ids, slot_targets, slot_token_ids
+
+    ids = slot_targets(slot_token_ids(tokenizer, labels), n_tokens, slot_name_ids(tokenizer))
+    return model.lm.get_input_embeddings().weight[ids.to(model.lm.device)]
+
+
+def score_validation(checkpoint: Path, data: Path, features: Path, split: str = "val", true_words: bool = False) -> dict:
+    """Multiple-choice accuracy (%) on the cached clips of `split`, with their audio tokens and with
+    silence (and with their true slot words)."""
     engine = load_engine(str(checkpoint))
     model = engine.model
     # The cache is only valid for this encoder: read_features returns {} for another one.
@@ -69,10 +81,18 @@ def score_validation(checkpoint: Path, data: Path, features: Path, split: str = 
         blind = model.audio_embeddings(silence)[0]
         heard = {name: model.audio_embeddings(cached[name][None].to(engine.device, engine.dtype))[0]
                  for name in {r.file_name for r in records}}
-    right = {"audio": 0, "silence": 0}
+        if true_words:
+            from training.align import clip_labels_in
+
+            labels = clip_labels_in(data, split)
+            exact = {name: true_word_embeddings(model, engine.tokenizer, labels[name], blind.shape[0]) for name in heard}
+    right = {"audio": 0, "silence": 0, **({"true_words": 0} if true_words else {})}
     for record in records:
         meta = record.meta
-        for condition, embeds in (("audio", heard[record.file_name]), ("silence", blind)):
+        inputs = [("audio", heard[record.file_name]), ("silence", blind)]
+        if true_words:
+            inputs.append(("true_words", exact[record.file_name]))
+        for condition, embeds in inputs:
             choice = engine.choose_embedded(embeds, meta["question"], meta["options"])
             right[condition] += choice.index == meta["answer"]
     return {"n": len(records), **{c: round(100 * k / len(records), 1) for c, k in right.items()}}
@@ -84,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", required=True, help="aligned checkpoint every run starts from")
     p.add_argument("--features", type=Path, required=True, help="the feature cache of the training clips")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--true-words", action="store_true",
+                   help="also score with the true slot words in place of the audio (labelled layout)")
     p.add_argument("--run", action="append", required=True, type=json.loads,
                    help='JSON object: "name" plus TrainConfig overrides, e.g. {"name": "long", "max_steps": 1600}')
     a = p.parse_args(argv)
@@ -91,15 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     for run in a.run:
         started = time.time()
         summary = train(run_config(a.data, a.init, a.features, a.out, run))
-        scores = score_validation(a.out / run["name"] / "tinymu.safetensors", a.data, a.features)
+        scores = score_validation(a.out / run["name"] / "tinymu.safetensors", a.data, a.features,
+                                  true_words=a.true_words)
         results.append({"run": run, **scores, "train_s": summary["seconds"], "total_s": round(time.time() - started)})
         print(json.dumps(results[-1]), flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "sweep.json").write_text(json.dumps(results, indent=1))
-    print("\n| run | settings | val MC with audio | with silence | n | train s |\n|---|---|---|---|---|---|")
+    print("\n| run | settings | val MC with audio | with silence | with true words | n | train s |\n"
+          "|---|---|---|---|---|---|---|")
     for r in results:
         settings = {k: v for k, v in r["run"].items() if k != "name"}
-        print(f"| {r['run']['name']} | {json.dumps(settings)} | {r['audio']} | {r['silence']} | {r['n']} | {r['train_s']} |")
+        print(f"| {r['run']['name']} | {json.dumps(settings)} | {r['audio']} | {r['silence']} | "
+              f"{r.get('true_words', '-')} | {r['n']} | {r['train_s']} |")
 
 
 if __name__ == "__main__":
