@@ -211,15 +211,16 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
 
     def loss_of(x, y, key):
         pred = projector(x)
-        distance = (pred - table[y]).pow(2).sum(-1).mean() / scale**2
-        if key_context and (key >= 0).any():
-            distance = distance + F.cross_entropy(projector.key_logits(x)[key >= 0], key[key >= 0])
+        loss = (pred - table[y]).pow(2).sum(-1).mean() / scale**2
+        known = key >= 0
+        if key_context and known.any():
+            loss = loss + F.cross_entropy(projector.key_logits(x)[known], key[known])
         # Cosine logits, sharpened: raw dot products span only a few units here, too soft for the
-        # cross-entropy to separate close neighbours such as " C"/" D" or " major"/" minor"
+        # cross-entropy to separate close neighbours such as " C"/" D"
         # (measured: held-out slot accuracy of the key's tonic 17 % -> 68 %, lead instrument 28 -> 73 %).
         logits = F.normalize(pred, dim=-1) @ F.normalize(table[words], dim=-1).T / temperature
         wanted = torch.tensor([column[int(i)] for i in y.flatten()])
-        return distance + F.cross_entropy(logits.flatten(0, 1), wanted)
+        return loss + F.cross_entropy(logits.flatten(0, 1), wanted)
 
     @torch.no_grad()
     def slot_accuracy(chosen) -> dict[str, float]:
@@ -235,7 +236,8 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
             picked = options[(pooled @ F.normalize(table[options], dim=-1).T).argmax(-1)]
             out[slot] = round(float((picked == y[:, at][:, 0]).float().mean()), 3)
         if key_context:
-            out["key (context head)"] = round(float((projector.key_logits(x).argmax(-1) == key)[key >= 0].float().mean()), 3)
+            right = (projector.key_logits(x).argmax(-1) == key)[key >= 0]
+            out["key (context head)"] = round(float(right.float().mean()), 3)
         return out
 
     started = time.time()
