@@ -233,6 +233,21 @@ def test_slot_values_are_the_tokens_the_answers_spell_them_with():
     assert _first_token(tokenizer, "minor") in answer_tokens("a tune in a minor key without drums")
 
 
+def test_true_words_are_the_clips_slot_words_in_the_labelled_layout(tiny_data):
+    from model.smollm2 import load_tokenizer
+    from training.align import SLOTS, clip_labels_in, slot_name_ids, slot_token_ids
+    from training.sweep import true_word_embeddings
+
+    model = build_model(preset("tiny"))
+    tokenizer = load_tokenizer("smollm2-gguf")
+    labels = next(iter(clip_labels_in(tiny_data).values()))
+    names, values = slot_name_ids(tokenizer), slot_token_ids(tokenizer, labels)
+    expected = [token for pair in zip(names, values) for token in pair]  # genre waltz solo reed ...
+    with torch.no_grad():
+        got = true_word_embeddings(model, tokenizer, labels, 2 * len(SLOTS))
+        assert torch.equal(got, model.lm.get_input_embeddings().weight[expected])
+
+
 def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path):
     from model.checkpoints import save_checkpoint
     from training import sweep
