@@ -113,6 +113,63 @@ def test_same_seed_retrains_the_same_weights(tiny_data, tmp_path):
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
+def test_per_attribute_cap_gives_every_question_type_a_similar_share():
+    from collections import Counter
+
+    from training.train import balance_attributes
+
+    def record(task, attribute, i):
+        return {"task": task, "meta": {"attribute": attribute}, "file_name": f"c{i}.wav"}
+
+    records = ([record("multiple_choice", "key", i) for i in range(50)]
+               + [record("multiple_choice", "mode+meter", i) for i in range(4)]
+               + [record("binary", "key", i) for i in range(20)])
+    kept = balance_attributes(records, 10, seed=0)
+    shares = Counter((r["task"], r["meta"]["attribute"]) for r in kept)
+    assert shares == {("multiple_choice", "key"): 10, ("multiple_choice", "mode+meter"): 4, ("binary", "key"): 10}
+    assert kept == [r for r in records if r in kept], "records keep their order"
+    assert balance_attributes(records, 10, seed=0) == kept, "the draw is seeded"
+    assert balance_attributes(records, 10, seed=1) != kept
+
+
+def test_true_words_replace_the_audio_of_their_rows_only():
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")).eval()
+    audio, other = torch.randn(2, 2, 7, model.cfg.encoder.output_dim)
+    text = TextBatch(torch.tensor([[5, 6, 17], [7, 17, 17]]), torch.tensor([[1, 1, 0], [1, 0, 0]]),
+                     torch.tensor([[20, 0], [21, 0]]), torch.tensor([[1, 1], [1, 1]]))
+    words = torch.tensor([[30, 31, 32, 33, 34, 35, 36], [-1] * 7])
+    with torch.no_grad():
+        plain = compact_loss(model, audio, text, "sum")
+        none_replaced = compact_loss(model, audio, text, "sum", torch.full((2, 7), -1))
+        first_replaced = compact_loss(model, audio, text, "sum", words)
+        other_audio = compact_loss(model, torch.stack([other[0], audio[1]]), text, "sum", words)
+    assert none_replaced.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert first_replaced.item() != pytest.approx(plain.item(), rel=1e-3)
+    assert other_audio.item() == pytest.approx(first_replaced.item(), rel=1e-6), "a replaced row ignores its audio"
+
+
+def test_training_on_true_words_alone_leaves_the_projector_untouched(tiny_data, tmp_path):
+    """With every row fed its clip's true slot words, no gradient reaches the projector: the
+    wiring check of --true-word-share (a share of 0 must move it, or the check proves nothing)."""
+    from model.checkpoints import load_checkpoint, save_checkpoint
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+
+    def projector_after(share: float) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"run_{share}"
+        train(parse_args(["--data", str(tiny_data), "--out", str(out), "--init", str(init), "--mode", "projector",
+                          "--batch", "4", "--micro-batch", "4", "--max-steps", "2", "--lr", "1e-2",
+                          "--true-word-share", str(share), "--eval-every", "2", "--quiet"]))
+        # The last weights, not best.safetensors (which may be the starting point).
+        state = torch.load(out / "state" / "train_state.pt", weights_only=False)["trainable"]
+        return {k.removeprefix("projector."): v for k, v in state.items()}
+
+    start = load_checkpoint(init)[0].projector.state_dict()
+    assert all(torch.equal(start[k], v) for k, v in projector_after(1.0).items())
+    assert not all(torch.equal(start[k], v) for k, v in projector_after(0.0).items())
+
+
 def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
     from training.train import build_for_training, set_trainable
 

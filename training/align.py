@@ -152,6 +152,12 @@ def slot_targets(slot_ids: list[int], n_tokens: int, name_ids: list[int] | None 
     return torch.tensor([name_ids[k] if named else slot_ids[k] for k, named in zip(slot.tolist(), is_name.tolist())])
 
 
+def true_word_ids(tokenizer, labels: ClipLabels, n_tokens: int) -> torch.Tensor:
+    """What a perfect encoder and projector would hand the decoder for this clip: its slot
+    words in the labelled layout, as token ids [n_tokens]."""
+    return slot_targets(slot_token_ids(tokenizer, labels), n_tokens, slot_name_ids(tokenizer))
+
+
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
           temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, word_readout: bool = False,
           labelled: bool = False, key_context: bool = False, quiet: bool = False) -> dict:

@@ -67,6 +67,8 @@ class ShipConfig:
     train_steps: int = 600
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
+    train_per_attribute: int = 180  # records per (task, attribute): ~1 epoch of 600 x 8, every question type alike
+    train_true_word_share: float = 0.0  # examples fed the clip's true slot words instead of its audio
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
     train_val_records: int = 48  # validation questions scored at each of the LM stage's evaluations
     lr: float = 5e-4
@@ -140,7 +142,9 @@ def ship(cfg: ShipConfig) -> dict:
                           projector_lr=cfg.projector_lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
                           max_steps=cfg.train_steps, eval_every=max(10, cfg.train_steps // 5), save_every=10,
                           val_records=cfg.train_val_records, seed=cfg.seed,
-                          tasks=tuple(cfg.train_tasks.split(",")), features=features, resume=True))
+                          tasks=tuple(cfg.train_tasks.split(",")), per_attribute=cfg.train_per_attribute,
+                          true_word_share=cfg.train_true_word_share,
+                          features=features, resume=True))
 
     def evaluate():
         from model.engine import load_engine

@@ -39,6 +39,7 @@ _SHIP = ShipConfig()
 DEFAULTS = {"mode": _SHIP.train_mode, "lr": _SHIP.lr, "projector_lr": _SHIP.projector_lr,
             "batch": _SHIP.train_batch, "micro_batch": _SHIP.train_batch, "max_steps": _SHIP.train_steps,
             "val_records": _SHIP.train_val_records, "tasks": tuple(_SHIP.train_tasks.split(",")),
+            "per_attribute": _SHIP.train_per_attribute, "true_word_share": _SHIP.train_true_word_share,
             "seed": _SHIP.seed, "quiet": True}
 
 
@@ -58,9 +59,9 @@ def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> T
 
 def true_word_embeddings(model, tokenizer, labels, n_tokens: int) -> torch.Tensor:
     """The decoder inputs of a perfect encoder: the clip's slot words in the labelled layout."""
-    from training.align import slot_name_ids, slot_targets, slot_token_ids
+    from training.align import true_word_ids
 
-    ids = slot_targets(slot_token_ids(tokenizer, labels), n_tokens, slot_name_ids(tokenizer))
+    ids = true_word_ids(tokenizer, labels, n_tokens)
     return model.lm.get_input_embeddings().weight[ids.to(model.lm.device)]
 
 

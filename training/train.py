@@ -76,6 +76,10 @@ class TrainConfig:
     mc_target: str = "option"  # "option": train multiple choice on the option text; "record": as written
     tasks: tuple[str, ...] = ()  # empty: every task
     max_records: int | None = None
+    per_attribute: int | None = None  # at most this many training records per (task, attribute), drawn at random
+    # Share of training examples whose audio tokens are replaced by the exact embeddings of the
+    # clip's true slot words (training.align's labelled layout; needs the clips' labels).
+    true_word_share: float = 0.0
     resume: bool = False
     features: Path | None = None  # feature cache file; default <out>/features.safetensors
     quiet: bool = False
@@ -126,6 +130,24 @@ def tokenize_records(records: list[dict], tokenizer, cfg: TinyMUConfig, mc_targe
     return examples
 
 
+def balance_attributes(records: list[dict], per_group: int, seed: int) -> list[dict]:
+    """At most `per_group` records of each (task, attribute), drawn at random, in their original order.
+
+    Why: the generator asks some questions of every clip (lead instrument, key, chords) and
+    the two-attribute profile questions of a few, so a uniform draw gives all eleven profile
+    kinds together an 11 % share of the steps, while they are most of what a per-attribute
+    benchmark asks. Capping each kind gives every question type a similar share of the steps."""
+    groups: dict[tuple, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault((record.get("task"), (record.get("meta") or {}).get("attribute")), []).append(i)
+    rng = random.Random(seed)
+    kept = set()
+    for key in sorted(groups, key=str):
+        members = groups[key]
+        kept.update(rng.sample(members, min(per_group, len(members))))
+    return [records[i] for i in sorted(kept)]
+
+
 def length_batches(examples: list[Example], batch: int, seed: int) -> list[list[int]]:
     """Shuffled batches of similar length: sort within windows of 50 batches, then shuffle the batches."""
     rng = random.Random(seed)
@@ -170,9 +192,16 @@ def collate_text(examples: list[Example]) -> TextBatch:
     return TextBatch(prompt_ids, prompt_mask, target_ids, target_mask)
 
 
-def compact_loss(model: TinyMU, audio_tokens: torch.Tensor, text: TextBatch, reduction: str = "mean") -> torch.Tensor:
-    """Next-token loss on the target tokens, equal to the reference layout's loss (module docstring)."""
+def compact_loss(model: TinyMU, audio_tokens: torch.Tensor, text: TextBatch, reduction: str = "mean",
+                 true_words: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token loss on the target tokens, equal to the reference layout's loss (module docstring).
+
+    `true_words` [B, T] (optional): token ids that replace the projected audio of the rows
+    where they are >= 0 (see TrainConfig.true_word_share)."""
     audio = model.audio_embeddings(audio_tokens)
+    if true_words is not None:
+        exact = model.token_embeddings(true_words.clamp(min=0)).to(audio.dtype)
+        audio = torch.where((true_words >= 0).unsqueeze(-1), exact, audio)
     b, n_audio, _ = audio.shape
     device = audio.device
     sep = torch.full((b, 1), EOS_ID, dtype=torch.long, device=device)
@@ -203,8 +232,9 @@ class LayoutLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, audio_tokens, prompt_ids, prompt_mask, target_ids, target_mask) -> torch.Tensor:
-        return compact_loss(self.model, audio_tokens, TextBatch(prompt_ids, prompt_mask, target_ids, target_mask), "sum")
+    def forward(self, audio_tokens, prompt_ids, prompt_mask, target_ids, target_mask, true_words=None) -> torch.Tensor:
+        text = TextBatch(prompt_ids, prompt_mask, target_ids, target_mask)
+        return compact_loss(self.model, audio_tokens, text, "sum", true_words)
 
 
 # -- which weights train ----------------------------------------------------------------------------
@@ -258,6 +288,21 @@ def cosine_with_warmup(total_steps: int, warmup: float):
 
 
 # -- the loop ------------------------------------------------------------------------------------------
+
+
+def clip_true_words(cfg: TrainConfig, examples: list[Example], features, tokenizer) -> dict[str, torch.Tensor]:
+    """Each training clip's true slot words (token ids, one per audio token) for
+    TrainConfig.true_word_share. Why feed them: the decoder learns to read its audio words
+    from inputs that are always right, instead of only from an encoder that is often wrong."""
+    from training.align import clip_labels_in, true_word_ids
+
+    labels = clip_labels_in(Path(cfg.data), "train")
+    missing = sorted({e.file_name for e in examples} - set(labels))
+    if missing:
+        raise InputError(f"true_word_share needs the labels of every training clip; none for {missing[:3]} "
+                         f"({len(missing)} clips): build the data with `python -m training.dataset build`")
+    return {name: true_word_ids(tokenizer, labels[name], features[name].shape[0])
+            for name in {e.file_name for e in examples}}
 
 
 def _batch_tensors(examples: list[Example], features: dict[str, torch.Tensor], dtype) -> tuple[torch.Tensor, TextBatch]:
@@ -332,6 +377,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.max_records:
         random.Random(cfg.seed).shuffle(train_records)
         train_records = train_records[: cfg.max_records]
+    if cfg.per_attribute:
+        train_records = balance_attributes(train_records, cfg.per_attribute, cfg.seed)
     val_records = load_split("val")
     random.Random(cfg.seed + 1).shuffle(val_records)
     val_records = val_records[: cfg.val_records]
@@ -344,6 +391,8 @@ def train(cfg: TrainConfig) -> dict:
         features = encode_clips(model.encoder, cfg.data, [e.file_name for e in train_examples + val_examples],
                                 cfg.features or out / "features.safetensors", seconds=model.cfg.audio_seconds,
                                 show_progress=not cfg.quiet and accelerator.is_main_process)
+
+    true_words = clip_true_words(cfg, train_examples, features, tokenizer) if cfg.true_word_share > 0 else {}
 
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch)
     total_steps = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
@@ -419,9 +468,17 @@ def train(cfg: TrainConfig) -> dict:
                 # Gradients of all micro-batches add up; DDP syncs them once, on the last one.
                 sync = contextlib.nullcontext() if k == len(micro) - 1 else accelerator.no_sync(wrapped)
                 with sync:
-                    audio, text = _batch_tensors([train_examples[i] for i in chunk], features, torch.float32)
+                    examples = [train_examples[i] for i in chunk]
+                    audio, text = _batch_tensors(examples, features, torch.float32)
+                    inputs = [audio, *text.as_tuple()]
+                    if true_words:
+                        # Seeded by step and micro-batch, so a resumed run draws the same rows.
+                        draw = random.Random(f"{cfg.seed}:{step}:{k}")
+                        inputs.append(torch.stack([
+                            true_words[e.file_name][: audio.shape[1]] if draw.random() < cfg.true_word_share
+                            else torch.full((audio.shape[1],), -1) for e in examples]))
                     with accelerator.autocast():
-                        loss = wrapped(audio.to(accelerator.device), *_to(text, accelerator.device).as_tuple())
+                        loss = wrapped(*(t.to(accelerator.device) for t in inputs))
                     # Normalise by the whole batch's target tokens so micro-batching is exact.
                     accelerator.backward(loss / n_tokens)
                     step_loss += loss.item()
@@ -488,6 +545,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--mc-target", default="option", choices=["option", "record"])
     p.add_argument("--tasks", default="", help="comma-separated tasks to train on (default: all)")
     p.add_argument("--max-records", type=int, default=None)
+    p.add_argument("--per-attribute", type=int, default=None,
+                   help="at most N training records per (task, attribute): every question type gets a similar share")
+    p.add_argument("--true-word-share", type=float, default=0.0,
+                   help="share of training examples fed the clip's true slot words instead of its audio tokens")
     p.add_argument("--features", type=Path, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
