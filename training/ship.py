@@ -18,7 +18,8 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
              also reads the clip's key posterior, from a classifier it trains.
 4. train     `training.train --mode lora`: projector + rank-32 adapters on q/v of
              SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice and
-             yes/no questions; encoder outputs cached once.
+             yes/no questions, at most --train-per-attribute of each (task, attribute)
+             so every question type gets a similar share; encoder outputs cached once.
 5. evaluate  `training.evaluate` on the held-out test clips, with the blind
              (silence, noise) baselines in the same run (the text-only ones:
              `python -m training.evaluate --conditions smollm2,text_only ...`).

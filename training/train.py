@@ -134,7 +134,7 @@ def balance_attributes(records: list[dict], per_group: int, seed: int) -> list[d
     """At most `per_group` records of each (task, attribute), drawn at random, in their original order.
 
     Why: the generator asks some questions of every clip (lead instrument, key, chords) and
-    the two-attribute profile questions of a few, so a uniform draw gives all eleven profile
+    the two-attribute profile questions of a few, so a uniform draw gives all ten profile
     kinds together an 11 % share of the steps, while they are most of what a per-attribute
     benchmark asks. Capping each kind gives every question type a similar share of the steps."""
     groups: dict[tuple, list[int]] = {}
