@@ -105,7 +105,7 @@ def test_same_seed_retrains_the_same_weights(tiny_data, tmp_path):
         train(parse_args(["--data", str(tiny_data), "--out", str(out), "--init", str(aligned), "--mode", "lora",
                           "--lora-rank", "4", "--batch", "4", "--micro-batch", "4", "--max-steps", "3",
                           "--lr", "1e-3", "--seed", str(seed), "--eval-every", "3", "--quiet",
-                          # The shipped recipe's random draws: which records, which rows get true words.
+                          # The LM stage's own random draws: which records are kept, which rows get true words.
                           "--per-attribute", "3", "--true-word-share", "0.5"]))
         return load_file(str(out / "tinymu.safetensors"))
 
