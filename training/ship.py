@@ -139,13 +139,8 @@ def ship(cfg: ShipConfig) -> dict:
     def train_lm():
         from training.train import TrainConfig, train
 
-        train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), mode=cfg.train_mode, lr=cfg.lr,
-                          projector_lr=cfg.projector_lr, batch=cfg.train_batch, micro_batch=cfg.train_batch,
-                          max_steps=cfg.train_steps, eval_every=max(10, cfg.train_steps // 5), save_every=10,
-                          val_records=cfg.train_val_records, seed=cfg.seed,
-                          tasks=tuple(cfg.train_tasks.split(",")), per_attribute=cfg.train_per_attribute,
-                          true_word_share=cfg.train_true_word_share,
-                          features=features, resume=True))
+        train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), features=features, resume=True,
+                          eval_every=max(10, cfg.train_steps // 5), save_every=10, **lm_stage(cfg)))
 
     def evaluate():
         from model.engine import load_engine
@@ -187,6 +182,14 @@ def ship(cfg: ShipConfig) -> dict:
                "accuracy": {c: r.get("accuracy") for c, r in results["conditions"].items()}}
     (work / "ship_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def lm_stage(cfg: ShipConfig) -> dict:
+    """The TrainConfig fields this recipe sets for its LM stage (training.sweep starts from them too)."""
+    return {"mode": cfg.train_mode, "lr": cfg.lr, "projector_lr": cfg.projector_lr, "batch": cfg.train_batch,
+            "micro_batch": cfg.train_batch, "max_steps": cfg.train_steps, "val_records": cfg.train_val_records,
+            "tasks": tuple(cfg.train_tasks.split(",")), "per_attribute": cfg.train_per_attribute,
+            "true_word_share": cfg.train_true_word_share, "seed": cfg.seed}
 
 
 def caveat_of(cfg: ShipConfig, verdict: str) -> str:

@@ -31,16 +31,11 @@ import torch
 from model.engine import load_engine
 from training.features import encoder_fingerprint, read_features
 from training.qa import load_records
-from training.ship import ShipConfig
+from training.ship import ShipConfig, lm_stage
 from training.train import TrainConfig, train
 
-_SHIP = ShipConfig()
 # The LM stage exactly as `python -m training.ship` runs it, unless a run overrides a field.
-DEFAULTS = {"mode": _SHIP.train_mode, "lr": _SHIP.lr, "projector_lr": _SHIP.projector_lr,
-            "batch": _SHIP.train_batch, "micro_batch": _SHIP.train_batch, "max_steps": _SHIP.train_steps,
-            "val_records": _SHIP.train_val_records, "tasks": tuple(_SHIP.train_tasks.split(",")),
-            "per_attribute": _SHIP.train_per_attribute, "true_word_share": _SHIP.train_true_word_share,
-            "seed": _SHIP.seed, "quiet": True}
+DEFAULTS = {**lm_stage(ShipConfig()), "quiet": True}
 
 
 def run_config(data: Path, init: str, features: Path, out: Path, run: dict) -> TrainConfig:
