@@ -45,8 +45,21 @@ def test_same_seed_same_song_and_audio():
     audio_a, audio_b = render_song(midi_a, 6.0), render_song(midi_b, 6.0)
     assert audio_a.dtype == np.float32 and len(audio_a) == 6 * 44100
     np.testing.assert_array_equal(audio_a, audio_b)
-    assert 0.5 < np.max(np.abs(audio_a)) <= 0.71
+    assert 0.05 < np.max(np.abs(audio_a)) <= 0.89
     assert make_song(10, duration_s=6.0)[1] != labels_a
+
+
+def test_energy_is_heard_as_level():
+    """Clips keep the level their velocities give: a per-clip normalisation would erase the energy label."""
+    def rms_db(energy: str) -> float:
+        midi, labels = make_song(9, duration_s=6.0, style="rock", energy=energy)
+        assert labels.energy == energy
+        audio = render_song(midi, 6.0)
+        assert np.max(np.abs(audio)) <= 0.89
+        return 10 * np.log10(np.mean(np.square(audio, dtype=np.float64)))
+
+    low, medium, high = rms_db("low"), rms_db("medium"), rms_db("high")
+    assert medium - low > 5 and high - medium > 3, (low, medium, high)
 
 
 def test_benchmark_plan_is_balanced():

@@ -55,7 +55,7 @@ class ShipConfig:
     work: Path = REPO / ".cache" / "ship"
     out: Path = DEFAULT_OUT
     seed: int = 0
-    n_train: int = 1000
+    n_train: int = 1500
     n_val: int = 40
     n_test: int = 120
     ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up

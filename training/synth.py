@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from model.pitch_names import key_name, root_names
 
 SAMPLE_RATE = 44100
-GENERATOR_VERSION = 2  # bump when the same seed would render different music; cached sets are re-rendered
+GENERATOR_VERSION = 3  # bump when the same seed would render different music; cached sets are re-rendered
 SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/soundfonts")
 SOUNDFONT_PREFERENCE = ("FluidR3_GM.sf2", "TimGM6mb.sf2")
 
@@ -114,7 +114,14 @@ STYLES: dict[str, Style] = {s.name: s for s in [
           (25, 24, 46), (32, 42), (73, 22, 40, 71), (48,)),
 ]}
 
-ENERGY_VELOCITY = {"low": 58, "medium": 80, "high": 102}
+# The energy label is the arrangement's note velocity, so what a listener hears of it is level and
+# timbre: clips keep their rendered level (see `render_song`). Raw renders measured at these velocities
+# (36 clips): RMS -35 / -26 / -21 dBFS, about 1.7 dB spread within each level.
+ENERGY_VELOCITY = {"low": 52, "medium": 80, "high": 108}
+# One gain for every clip (not a per-clip normalisation, which erased the velocity: held-out energy was
+# read at 44 %, chance 33 %); the loudest raw renders peak near -5 dBFS.
+MASTER_GAIN_DB = 3.0
+PEAK_CEILING = 0.89  # -1 dBFS: the rare clip louder than that is scaled down to it
 
 
 class ChordSegment(BaseModel):
@@ -426,7 +433,8 @@ def _soundfont_bytes(path: Path) -> bytes:
 
 
 def render_song(midi: pretty_midi.PrettyMIDI, duration_s: float, soundfont: Path | None = None) -> np.ndarray:
-    """Render `midi` to mono float32 at 44.1 kHz, cut to `duration_s` and peak-normalised to -3 dBFS."""
+    """Render `midi` to mono float32 at 44.1 kHz, cut to `duration_s`, at the level its velocities give
+    (one fixed gain, `MASTER_GAIN_DB`; peaks above -1 dBFS scaled down)."""
     import midirenderer  # optional dependency (training extra)
 
     buffer = io.BytesIO()
@@ -438,8 +446,9 @@ def render_song(midi: pretty_midi.PrettyMIDI, duration_s: float, soundfont: Path
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
     wanted = int(round(duration_s * SAMPLE_RATE))
     mono = np.pad(mono[:wanted], (0, max(0, wanted - len(mono))))
-    peak = float(np.max(np.abs(mono))) or 1.0
-    return (mono * (0.708 / peak)).astype(np.float32)
+    mono = mono * 10 ** (MASTER_GAIN_DB / 20)
+    peak = float(np.max(np.abs(mono)))
+    return (mono * min(1.0, PEAK_CEILING / peak) if peak > 0 else mono).astype(np.float32)
 
 
 def write_song(out_dir: Path, seed: int, *, duration_s: float = 30.0, name: str | None = None, **choices) -> SongLabels:
