@@ -116,10 +116,10 @@ STYLES: dict[str, Style] = {s.name: s for s in [
 
 # The energy label is the arrangement's note velocity, so what a listener hears of it is level and
 # timbre: clips keep their rendered level (see `render_song`). Raw renders measured at these velocities
-# (36 clips): RMS -35 / -26 / -21 dBFS, about 1.7 dB spread within each level.
+# (36 clips): RMS -35 / -26 / -22 dBFS, about 1.7 dB spread within each level.
 ENERGY_VELOCITY = {"low": 52, "medium": 80, "high": 108}
 # One gain for every clip (not a per-clip normalisation, which erased the velocity: held-out energy was
-# read at 44 %, chance 33 %); the loudest raw renders peak near -5 dBFS.
+# read at 44 %, chance 33 %); the loudest of those raw renders peaked at -4.4 dBFS.
 MASTER_GAIN_DB = 3.0
 PEAK_CEILING = 0.89  # -1 dBFS: the rare clip louder than that is scaled down to it
 
