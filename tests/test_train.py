@@ -209,6 +209,17 @@ def test_matpac_pretraining_lowers_its_loss(tiny_data):
     assert max(classify) < 2 * np.log(ssl.cfg.prototypes)
 
 
+def test_supervised_warm_up_has_a_lead_instrument_head():
+    from training.labels import ClipLabels
+    from training.pretrain_encoder import label_targets
+
+    clips = [ClipLabels(file_name="a.wav", lead_instrument="Tenor Sax"),
+             ClipLabels(file_name="b.wav", lead_instrument="Flute"), ClipLabels(file_name="c.wav")]
+    targets, classes = label_targets(clips)
+    assert classes["lead_instrument"] == ["Flute", "Tenor Sax"]
+    assert targets["lead_instrument"].tolist() == [1, 0, -1]  # unknown leads are left out of the loss
+
+
 def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
     from model.checkpoints import load_checkpoint
     from training.pretrain_encoder import parse_args as pretrain_args
@@ -275,6 +286,29 @@ def test_labelled_layout_puts_each_slot_name_before_its_value():
         ["square", "choir", "tenor", "lead"]
 
 
+def test_labelled_layout_spells_the_key_as_the_answers_do():
+    from model.smollm2 import load_tokenizer
+    from training.align import SLOTS, slot_name_ids, slot_targets, slot_token_ids
+    from training.labels import ClipLabels
+
+    tokenizer = load_tokenizer("smollm2-gguf")
+
+    def key_tokens(tonic: str, mode: str) -> list[int]:
+        labels = ClipLabels(file_name="k.wav", key_tonic=tonic, mode=mode)
+        stream = slot_targets(slot_token_ids(tokenizer, labels), 63, slot_name_ids(tokenizer, labels)).tolist()
+        tonic_at = 2 * SLOTS.index("tonic") + 1
+        return stream[tonic_at: tonic_at + 3]
+
+    def answer(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    assert key_tokens("C#", "minor") == answer(" C# minor")  # the sharp is not lost to the tonic's first token
+    assert key_tokens("Bb", "major") == answer(" Bb major")
+    assert key_tokens("C", "minor") != key_tokens("C#", "minor")
+    natural = key_tokens("C", "minor")
+    assert [natural[0], natural[2]] == answer(" C minor")
+
+
 def test_slot_values_are_the_tokens_the_answers_spell_them_with():
     from model.smollm2 import load_tokenizer
     from training.align import _first_token
@@ -300,7 +334,7 @@ def test_true_words_are_the_clips_slot_words_in_the_labelled_layout(tiny_data):
     model = build_model(preset("tiny"))
     tokenizer = load_tokenizer("smollm2-gguf")
     labels = next(iter(clip_labels_in(tiny_data).values()))
-    names, values = slot_name_ids(tokenizer), slot_token_ids(tokenizer, labels)
+    names, values = slot_name_ids(tokenizer, labels), slot_token_ids(tokenizer, labels)
     expected = [token for pair in zip(names, values) for token in pair]  # genre waltz solo reed ...
     with torch.no_grad():
         got = true_word_embeddings(model, tokenizer, labels, 2 * len(SLOTS))

@@ -8,15 +8,16 @@ minor". This stage does it without the LM: each audio token learns to *be*, appr
 the input embedding of one word naming one of the clip's labels.
 
 The words sit in fixed slots: position i of the 63 audio tokens carries attribute
-`SLOTS[i % len(SLOTS)]` ("waltz", "reed", "tenor", "minor", "3", "fast", ...), one
+`SLOTS[i % len(SLOTS)]` ("waltz", "reed", "tenor", "C", "minor", "3", "fast", ...), one
 single-token word each, so every clip uses the same position -> attribute layout and
 each attribute appears five times across the clip. (A first version spelled the labels
 as one sentence repeated over the positions; its word positions moved with each clip's
 sentence length and the projector learned them poorly: 18 % of tokens nearest to their
 word.) With `--labelled` each value word follows a word naming its attribute ("genre
-waltz solo reed melody tenor mode minor ..."; each attribute then appears two or three
-times), so the decoder reads which attribute a word answers instead of having to learn
-it from the word's position; the name tokens are the same for every clip.
+waltz solo reed melody tenor key C key minor ..."; each attribute then appears two or
+three times), so the decoder reads which attribute a word answers instead of having to
+learn it from the word's position; the name tokens are the same for every clip, except
+that a two-token tonic puts its second token before the mode ("key C # minor").
 
 The encoder's tokens carry their time position (sin-cos embedding), which is how the
 per-token projector knows its slot. The loss reads each token against the tied
@@ -47,7 +48,9 @@ from training.features import encode_clips
 from training.labels import GM_FAMILIES, MODES, ClipLabels, pitch_class
 from training.qa import instrument_phrase
 
-SLOTS = ("style", "lead_family", "lead_instrument", "mode", "meter", "tempo_class", "drums", "energy", "tonic",
+# The tonic comes right before the mode, so the labelled layout spells the key the way the
+# answers do (see `slot_name_ids`).
+SLOTS = ("style", "lead_family", "lead_instrument", "tonic", "mode", "meter", "tempo_class", "drums", "energy",
          "family_1", "family_2", "family_3")
 # Value words are spelled with the tokens the answers use ("a clip in 3/4 time", "a moderately
 # energetic song", "a piece in a minor key without drums"), so the decoder can match a slot to an
@@ -57,7 +60,7 @@ SLOTS = ("style", "lead_family", "lead_instrument", "mode", "meter", "tempo_clas
 _METER_WORDS = {"3/4": "3", "4/4": "4"}
 _ENERGY_WORDS = {"low": "soft", "medium": "moderately", "high": "loud"}
 # The word naming each slot in the labelled layout (first tokens differ from every value word).
-SLOT_NAMES = {"style": "genre", "lead_family": "solo", "lead_instrument": "melody", "mode": "mode",
+SLOT_NAMES = {"style": "genre", "lead_family": "solo", "lead_instrument": "melody", "mode": "key",
               "meter": "meter", "tempo_class": "tempo", "drums": "percussion", "energy": "dynamics",
               "tonic": "key", "family_1": "instruments", "family_2": "instruments", "family_3": "instruments"}
 
@@ -131,9 +134,19 @@ def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
     return out
 
 
-def slot_name_ids(tokenizer) -> list[int]:
-    """The first token of each slot's name word (labelled layout), in `SLOTS` order."""
-    return [_first_token(tokenizer, SLOT_NAMES[slot]) for slot in SLOTS]
+def slot_name_ids(tokenizer, labels: ClipLabels | None = None) -> list[int]:
+    """The token at each slot's name position (labelled layout), in `SLOTS` order: the first
+    token of the slot's name word, except that the mode's name position carries the rest of
+    the clip's tonic when it takes two tokens ("#" of " C#", "b" of " Bb"). The stream then
+    reads "key C # minor", the tokens of the answer " C# minor"; the tonic slot alone cannot
+    tell C# from C. (With the mode named "mode" elsewhere in the cycle, the decoder fed the
+    true words picked the key of 4 of 8 test questions.)"""
+    ids = [_first_token(tokenizer, SLOT_NAMES[slot]) for slot in SLOTS]
+    if labels is not None and labels.key_tonic:
+        spelled = tokenizer(" " + labels.key_tonic, add_special_tokens=False).input_ids
+        if len(spelled) > 1:
+            ids[SLOTS.index("mode")] = spelled[1]
+    return ids
 
 
 def slot_positions(n_tokens: int, labelled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +168,7 @@ def slot_targets(slot_ids: list[int], n_tokens: int, name_ids: list[int] | None 
 def true_word_ids(tokenizer, labels: ClipLabels, n_tokens: int) -> torch.Tensor:
     """What a perfect encoder and projector would hand the decoder for this clip: its slot
     words in the labelled layout, as token ids [n_tokens]."""
-    return slot_targets(slot_token_ids(tokenizer, labels), n_tokens, slot_name_ids(tokenizer))
+    return slot_targets(slot_token_ids(tokenizer, labels), n_tokens, slot_name_ids(tokenizer, labels))
 
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
@@ -191,11 +204,12 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
     table = model.lm.get_input_embeddings().weight.detach()
     scale = table.pow(2).sum(-1).mean().sqrt()  # typical embedding norm: the loss is relative to it
     slot_ids = {n: slot_token_ids(tokenizer, labels[n]) for n in names}
-    name_ids = slot_name_ids(tokenizer) if labelled else None
-    targets = {n: slot_targets(slot_ids[n], n_tokens, name_ids) for n in names}
+    name_ids = {n: slot_name_ids(tokenizer, labels[n]) if labelled else None for n in names}
+    targets = {n: slot_targets(slot_ids[n], n_tokens, name_ids[n]) for n in names}
     # Words each slot takes; the cross-entropy reads tokens against all of them (and the names).
     choices = [sorted({ids[k] for ids in slot_ids.values()}) for k in range(len(SLOTS))]
-    words = torch.tensor(sorted({w for c in choices for w in c} | set(name_ids or ())))
+    named = {w for ids in name_ids.values() for w in ids or ()}
+    words = torch.tensor(sorted({w for c in choices for w in c} | named))
     column = {int(w): i for i, w in enumerate(words)}
     slot_of, is_name = slot_positions(n_tokens, labelled)
 

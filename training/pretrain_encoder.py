@@ -188,7 +188,11 @@ STYLE_FALLBACK = "unknown"
 def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Per task: targets for every clip (-1 = unknown) and the class names."""
     styles = sorted({l.style or STYLE_FALLBACK for l in labels})
-    classes = {"family": list(GM_FAMILIES), "lead_family": list(GM_FAMILIES), "mode": list(MODES),
+    # The lead instrument has its own head: the family heads alone left its slot the weakest one
+    # downstream (held-out 69-74 % vs 82 % for the lead family).
+    leads = sorted({l.lead_instrument for l in labels if l.lead_instrument})
+    classes = {"family": list(GM_FAMILIES), "lead_family": list(GM_FAMILIES), "lead_instrument": leads,
+               "mode": list(MODES),
                "meter": list(METERS), "tempo_class": list(TEMPO_CLASSES), "style": styles,
                "drums": ["no", "yes"], "energy": ["low", "medium", "high"], "tonic": list(PITCH_CLASSES)}
 
@@ -198,6 +202,7 @@ def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], di
     targets = {
         "family": torch.tensor([[float(f in (l.families or ())) for f in GM_FAMILIES] for l in labels]),
         "lead_family": torch.tensor([index(GM_FAMILIES, l.lead_family) for l in labels]),
+        "lead_instrument": torch.tensor([index(leads, l.lead_instrument) for l in labels]),
         "mode": torch.tensor([index(MODES, l.mode) for l in labels]),
         "meter": torch.tensor([index(METERS, l.meter) for l in labels]),
         "tempo_class": torch.tensor([index(TEMPO_CLASSES, l.tempo_class) for l in labels]),

@@ -55,11 +55,11 @@ class ShipConfig:
     work: Path = REPO / ".cache" / "ship"
     out: Path = DEFAULT_OUT
     seed: int = 0
-    n_train: int = 1500
+    n_train: int = 3000
     n_val: int = 40
     n_test: int = 120
     ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up
-    supervised_steps: int = 600
+    supervised_steps: int = 1200
     crop_frames: int = 320
     align_steps: int = 1500
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
