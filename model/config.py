@@ -96,11 +96,14 @@ class TinyMUConfig:
     # checkpoint uses the words its align stage names slots with (training/align.py).
     audio_vocabulary: tuple[int, ...] = ()
     audio_vocabulary_temperature: float = 0.05
-    # Optional key context (off in the reference model): the projector's hidden layer also
-    # reads the clip's key posterior, from a linear classifier over the clip's mean token
-    # (model.tinymu.Projector), so major/minor and the tonic come from the whole clip. Used by
-    # the small checkpoint; its align stage trains the classifier on the labelled keys.
-    projector_key_context: bool = False
+    # Optional clip context (off in the reference model): linear classifiers over the clip's
+    # mean token, one softmax per group of this many classes, whose posteriors feed the
+    # projector's hidden layer (model.tinymu.Projector), so clip-level labels (the key, the
+    # lead instrument, ...) reach every token. The small checkpoint's align stage trains them
+    # on the labelled clips; (24,) is the key alone. Checkpoints written with the older
+    # `projector_key_context: true` load as (24,).
+    projector_context_classes: tuple[int, ...] = ()
+    projector_context_width: int = 64
     prompt_length: int = 129
     target_length: int = 129
 
@@ -115,7 +118,9 @@ class TinyMUConfig:
         data = dict(data)
         encoder = EncoderConfig(**data.pop("encoder", {}))
         lm = LMConfig(**data.pop("lm", {}))
-        for key in ("lora_targets", "audio_vocabulary"):
+        if data.pop("projector_key_context", False) and not data.get("projector_context_classes"):
+            data["projector_context_classes"] = (KEY_CLASSES,)
+        for key in ("lora_targets", "audio_vocabulary", "projector_context_classes"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(encoder=encoder, lm=lm, **data)

@@ -22,40 +22,42 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from model.config import EOS_ID, KEY_CLASSES, PAD_ID, TinyMUConfig
+from model.config import EOS_ID, PAD_ID, TinyMUConfig
 from model.encoder import MatpacEncoder
 
 
 class Projector(nn.Module):
     """Audio token (3840-d) -> LM embedding (576-d): Linear -> ReLU -> Linear.
 
-    With `key_classes` > 0 (our addition, off in the reference model) the hidden layer also
-    receives the clip's key posterior: a linear classifier over the clip's mean token (through
-    a 64-wide bottleneck) names one of 24 keys, and its probabilities feed every token. Why: a
-    key is near-linear in the mean token (a linear probe names 85 % of held-out keys, and
-    through them 87 % of major/minor), but major/minor itself is not (57 %), and one 0.16 s
-    token carries neither well; given the key posterior, major/minor is a sum of probabilities."""
+    With `context_classes` (our addition, off in the reference model) the hidden layer also
+    receives clip-level posteriors: linear classifiers over the clip's mean token (through a
+    `context_width` bottleneck), one softmax per group of classes, whose probabilities feed
+    every token. Why: what defines a clip is often clip-level. A key is near-linear in the
+    mean token (a linear probe names 85 % of held-out keys, and through them 87 % of
+    major/minor) while major/minor itself is not (57 %), and one 0.16 s token carries neither
+    well; likewise one token hears the lead instrument less surely than the whole clip does."""
 
-    context_width = 64
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, key_classes: int = 0):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, context_classes: tuple[int, ...] = (),
+                 context_width: int = 64):
         super().__init__()
         self.linear1 = nn.Linear(in_dim, hidden)
         self.linear2 = nn.Linear(hidden, out_dim)
-        if key_classes:
-            self.context_in = nn.Linear(in_dim, self.context_width)
-            self.context_head = nn.Linear(self.context_width, key_classes)
-            self.context_out = nn.Linear(key_classes, hidden, bias=False)
+        self.context_classes = tuple(context_classes)
+        if self.context_classes:
+            self.context_in = nn.Linear(in_dim, context_width)
+            self.context_head = nn.Linear(context_width, sum(self.context_classes))
+            self.context_out = nn.Linear(sum(self.context_classes), hidden, bias=False)
 
-    def key_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, in_dim] -> [B, key_classes], from the clip's mean token."""
-        return self.context_head(self.context_in(x.mean(dim=1)))
+    def context_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: [B, T, in_dim] -> one [B, classes] logit tensor per context group, from the clip's mean token."""
+        return list(self.context_head(self.context_in(x.mean(dim=1))).split(self.context_classes, dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, in_dim], whole clips (for the key context)."""
+        """x: [B, T, in_dim], whole clips (for the clip context)."""
         hidden = self.linear1(x)
-        if hasattr(self, "context_head"):
-            hidden = hidden + self.context_out(self.key_logits(x).softmax(-1)).unsqueeze(1)
+        if self.context_classes:
+            posterior = torch.cat([logits.softmax(-1) for logits in self.context_logits(x)], dim=-1)
+            hidden = hidden + self.context_out(posterior).unsqueeze(1)
         return self.linear2(F.relu(hidden))
 
 
@@ -111,7 +113,7 @@ class TinyMU(nn.Module):
                 torch.manual_seed(cfg.init_seed)
             self.encoder = MatpacEncoder(cfg.encoder)
             self.projector = Projector(cfg.encoder.output_dim, cfg.projector_hidden, cfg.lm.hidden_size,
-                                       KEY_CLASSES if cfg.projector_key_context else 0)
+                                       cfg.projector_context_classes, cfg.projector_context_width)
         self.lm = lm if lm is not None else LlamaForCausalLM(lm_config(cfg))
         if cfg.lora_rank:
             add_lora(self.lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)

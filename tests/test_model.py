@@ -405,10 +405,18 @@ def test_word_readout_feeds_mixtures_of_real_word_embeddings(tiny, tmp_path):
     assert header.config.audio_vocabulary == words and loaded.cfg.audio_vocabulary_temperature == 1e-4
 
 
-def test_key_context_lets_every_token_see_the_whole_clip(tiny, tmp_path):
+def test_checkpoints_with_the_older_key_context_flag_load_as_the_key_group():
+    from model.config import TinyMUConfig
+
+    older = TinyMUConfig.from_dict({"projector_key_context": True})
+    assert older.projector_context_classes == (24,)
+    assert TinyMUConfig.from_dict({"projector_key_context": False}).projector_context_classes == ()
+
+
+def test_clip_context_lets_every_token_see_the_whole_clip(tiny, tmp_path):
     import dataclasses
 
-    model = TinyMU(dataclasses.replace(tiny.cfg, projector_key_context=True), tiny.lm).eval()
+    model = TinyMU(dataclasses.replace(tiny.cfg, projector_context_classes=(24, 3)), tiny.lm).eval()
     tokens = torch.randn(1, 6, tiny.cfg.encoder.output_dim)
     changed = tokens.clone()
     changed[0, -1] += 1.0  # only the last token differs
@@ -418,14 +426,16 @@ def test_key_context_lets_every_token_see_the_whole_clip(tiny, tmp_path):
         assert not torch.allclose(model.audio_embeddings(tokens)[0, 0], model.audio_embeddings(changed)[0, 0])
         # The reference projector's weights are the same (same seed); the context only adds to them.
         assert torch.equal(model.projector.linear1.weight, tiny.projector.linear1.weight)
-        # What it adds is the key posterior of the clip's mean token.
-        probs = model.projector.key_logits(tokens).softmax(-1)
+        # What it adds: one softmax per group over the clip's mean token, side by side.
+        key, other = model.projector.context_logits(tokens)
+        assert key.shape == (1, 24) and other.shape == (1, 3)
+        probs = torch.cat([key.softmax(-1), other.softmax(-1)], dim=-1)
         added = model.projector.context_out(probs).unsqueeze(1)
         assert torch.allclose(model.projector(tokens),
                               model.projector.linear2(torch.relu(model.projector.linear1(tokens) + added)))
     file = checkpoints.save_checkpoint(model, tmp_path / "ctx", trained=False)
     loaded, header = checkpoints.load_checkpoint(file)
-    assert header.config.projector_key_context
+    assert header.config.projector_context_classes == (24, 3)
     with torch.no_grad():
         assert torch.equal(loaded.audio_embeddings(tokens), model.audio_embeddings(tokens))
 

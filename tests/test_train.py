@@ -237,6 +237,7 @@ def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
 
 def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     from model.checkpoints import load_checkpoint, save_checkpoint
+    from model.errors import InputError
     from model.smollm2 import load_tokenizer
     from training.align import SLOTS, align, slot_name_ids, slot_token_ids, slot_words
     from training.labels import ClipLabels
@@ -263,10 +264,20 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     assert report["labelled"] and set(report["val_slot_accuracy"]) == set(SLOTS)
     assert set(slot_name_ids(load_tokenizer(read.cfg.lm_weights))) <= set(labelled.cfg.audio_vocabulary)
 
-    report = align(tiny_data, str(init), tmp_path / "ctx.safetensors", steps=2, batch=3, key_context=True, quiet=True)
+    report = align(tiny_data, str(init), tmp_path / "ctx.safetensors", steps=2, batch=3, context="key", quiet=True)
     context, _ = load_checkpoint(tmp_path / "ctx.safetensors")
-    assert context.cfg.projector_key_context and context.projector.context_head.out_features == 24
+    assert context.cfg.projector_context_classes == (24,) and context.projector.context_head.out_features == 24
     assert 0 <= report["val_slot_accuracy"]["key (context head)"] <= 1
+
+    # Clip context: the key plus one classifier per other slot, as wide as the words that slot takes.
+    report = align(tiny_data, str(init), tmp_path / "clip.safetensors", steps=2, batch=3, context="clip", quiet=True)
+    clip, _ = load_checkpoint(tmp_path / "clip.safetensors")
+    others = [s for s in SLOTS if s not in ("tonic", "mode")]
+    assert clip.cfg.projector_context_classes == (24, *(report["slot_choices"][s] for s in others))
+    assert {f"{s} (context head)" for s in ["key", *others]} <= set(report["val_slot_accuracy"])
+    assert set(report["val_token_accuracy"]) == set(SLOTS)
+    with pytest.raises(InputError, match="context must be one of"):
+        align(tiny_data, str(init), tmp_path / "bad.safetensors", steps=1, context="song", quiet=True)
 
 
 def test_labelled_layout_puts_each_slot_name_before_its_value():
@@ -284,6 +295,17 @@ def test_labelled_layout_puts_each_slot_name_before_its_value():
     # Synth leads are told apart by their second word, other labels by their first.
     assert [naming_word(p) for p in ("square lead", "synth choir", "tenor sax", "synth lead")] == \
         ["square", "choir", "tenor", "lead"]
+
+
+def test_every_family_of_a_four_family_clip_has_a_slot():
+    from training.align import SLOTS, slot_words
+
+    four = ClipLabels(file_name="x.wav", families=("piano", "bass", "reed", "ensemble"))
+    words = dict(zip(SLOTS, slot_words(four)))
+    # In GM order, so the layout is the same for every clip with these families.
+    assert [words[f"family_{i}"] for i in range(1, 5)] == ["piano", "bass", "ensemble", "reed"]
+    two = dict(zip(SLOTS, slot_words(ClipLabels(file_name="y.wav", families=("organ", "bass")))))
+    assert [two[f"family_{i}"] for i in range(1, 5)] == ["organ", "bass", "none", "none"]
 
 
 def test_labelled_layout_spells_the_key_as_the_answers_do():

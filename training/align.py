@@ -48,10 +48,14 @@ from training.features import encode_clips
 from training.labels import GM_FAMILIES, MODES, ClipLabels, pitch_class
 from training.qa import instrument_phrase
 
+# One slot per instrument family heard, in GM order: four, because 12 % of the clips have four
+# families, and with three slots the family a question asked about was missing from 8 of the 96
+# held-out family questions.
+FAMILY_SLOTS = ("family_1", "family_2", "family_3", "family_4")
 # The tonic comes right before the mode, so the labelled layout spells the key the way the
 # answers do (see `slot_name_ids`).
 SLOTS = ("style", "lead_family", "lead_instrument", "tonic", "mode", "meter", "tempo_class", "drums", "energy",
-         "family_1", "family_2", "family_3")
+         *FAMILY_SLOTS)
 # Value words are spelled with the tokens the answers use ("a clip in 3/4 time", "a moderately
 # energetic song", "a piece in a minor key without drums"), so the decoder can match a slot to an
 # option by copying a token. With " three", " moderate" and " drums" the fine-tuned decoder read
@@ -62,7 +66,12 @@ _ENERGY_WORDS = {"low": "soft", "medium": "moderately", "high": "loud"}
 # The word naming each slot in the labelled layout (first tokens differ from every value word).
 SLOT_NAMES = {"style": "genre", "lead_family": "solo", "lead_instrument": "melody", "mode": "key",
               "meter": "meter", "tempo_class": "tempo", "drums": "percussion", "energy": "dynamics",
-              "tonic": "key", "family_1": "instruments", "family_2": "instruments", "family_3": "instruments"}
+              "tonic": "key", **{slot: "instruments" for slot in FAMILY_SLOTS}}
+
+# Clip-level classifiers the projector may read (`align(context=...)`): one per slot attribute,
+# the 24-way key standing for tonic and mode (major/minor is not linear in the mean token, the key is).
+CONTEXT_KINDS = {"none": (), "key": ("key",),
+                 "clip": ("key",) + tuple(s for s in SLOTS if s not in ("tonic", "mode"))}
 
 
 def naming_word(phrase: str) -> str:
@@ -75,7 +84,7 @@ def naming_word(phrase: str) -> str:
 
 def slot_words(labels: ClipLabels) -> list[str]:
     """One word per slot of `SLOTS` ("none" where the clip lacks the label)."""
-    families = [f for f in GM_FAMILIES if f in (labels.families or ())] + ["none"] * 3
+    families = [f for f in GM_FAMILIES if f in (labels.families or ())] + ["none"] * len(FAMILY_SLOTS)
     values = {
         "style": labels.style,
         "lead_family": labels.lead_family,
@@ -87,7 +96,7 @@ def slot_words(labels: ClipLabels) -> list[str]:
         "drums": None if labels.has_drums is None else ("with" if labels.has_drums else "without"),
         "energy": _ENERGY_WORDS.get(labels.energy or ""),
         "tonic": labels.key_tonic,
-        "family_1": families[0], "family_2": families[1], "family_3": families[2],
+        **dict(zip(FAMILY_SLOTS, families)),
     }
     return [naming_word(values[slot] or "none") for slot in SLOTS]
 
@@ -173,7 +182,7 @@ def true_word_ids(tokenizer, labels: ClipLabels, n_tokens: int) -> torch.Tensor:
 
 def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32, lr: float = 1e-3,
           temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, word_readout: bool = False,
-          labelled: bool = False, key_context: bool = False, quiet: bool = False) -> dict:
+          labelled: bool = False, context: str = "none", quiet: bool = False) -> dict:
     """Train the projector of checkpoint `init` on the slot words of the training clips in
     `data` (never the test split); write the checkpoint `out`; return measurements,
     including each slot's held-out accuracy (the slot's word read from the clip's tokens).
@@ -182,32 +191,40 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
     slot words (`TinyMUConfig.audio_vocabulary`, at this `temperature`: the same softmax
     this loss trains), so the decoder is fed mixtures of real word embeddings.
     `labelled`: each value word follows its slot's name word (see the module docstring).
-    `key_context`: the projector also reads the clip's key posterior
-    (`TinyMUConfig.projector_key_context`; added here to a checkpoint without it), whose
-    classifier this stage trains on the labelled keys (cross-entropy, added to the loss)."""
+    `context`: "key": the projector also reads the clip's key posterior; "clip": the posterior
+    of every slot's attribute (the key standing for tonic and mode; `CONTEXT_KINDS`), from
+    classifiers over the clip's mean token that this stage trains on the labels (cross-entropy
+    added to the loss; `TinyMUConfig.projector_context_classes`, set here)."""
+    if context not in CONTEXT_KINDS:
+        raise InputError(f"context must be one of {', '.join(CONTEXT_KINDS)}, not {context!r}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, header = load_checkpoint(init)
-    if key_context != model.cfg.projector_key_context:
-        model.cfg.projector_key_context = key_context
-        widened = Projector(model.cfg.encoder.output_dim, model.cfg.projector_hidden, model.cfg.lm.hidden_size,
-                            KEY_CLASSES if key_context else 0)
-        kept = {k: v for k, v in model.projector.state_dict().items() if k.startswith("linear")}
-        widened.load_state_dict(kept, strict=False)  # the context layers start fresh (seeded above)
-        model.projector = widened
     tokenizer = load_tokenizer(model.cfg.lm_weights)
     labels = clip_labels_in(data)
     names = sorted(labels)
+    slot_ids = {n: slot_token_ids(tokenizer, labels[n]) for n in names}
+    # Words each slot takes; the cross-entropy reads tokens against all of them (and the names).
+    choices = [sorted({ids[k] for ids in slot_ids.values()}) for k in range(len(SLOTS))]
+    groups = CONTEXT_KINDS[context]
+    classes = tuple(KEY_CLASSES if g == "key" else len(choices[SLOTS.index(g)]) for g in groups)
+    if classes != model.cfg.projector_context_classes:
+        model.cfg.projector_context_classes = classes
+        widened = Projector(model.cfg.encoder.output_dim, model.cfg.projector_hidden, model.cfg.lm.hidden_size,
+                            classes, model.cfg.projector_context_width)
+        kept = {k: v for k, v in model.projector.state_dict().items() if k.startswith("linear")}
+        widened.load_state_dict(kept, strict=False)  # the context layers start fresh (seeded above)
+        model.projector = widened
+    # Each clip's class in each context group (-1: unknown, no loss).
+    context_targets = {n: [key_class(labels[n]) if g == "key" else choices[SLOTS.index(g)].index(slot_ids[n][SLOTS.index(g)])
+                           for g in groups] for n in names}
     features = encode_clips(model.encoder, data, names, features_file or Path(out).with_suffix(".features.safetensors"),
                             seconds=model.cfg.audio_seconds, show_progress=not quiet)
     n_tokens = min(f.shape[0] for f in features.values())
     table = model.lm.get_input_embeddings().weight.detach()
     scale = table.pow(2).sum(-1).mean().sqrt()  # typical embedding norm: the loss is relative to it
-    slot_ids = {n: slot_token_ids(tokenizer, labels[n]) for n in names}
     name_ids = {n: slot_name_ids(tokenizer, labels[n]) if labelled else None for n in names}
     targets = {n: slot_targets(slot_ids[n], n_tokens, name_ids[n]) for n in names}
-    # Words each slot takes; the cross-entropy reads tokens against all of them (and the names).
-    choices = [sorted({ids[k] for ids in slot_ids.values()}) for k in range(len(SLOTS))]
     named = {w for ids in name_ids.values() for w in ids or ()}
     words = torch.tensor(sorted({w for c in choices for w in c} | named))
     column = {int(w): i for i, w in enumerate(words)}
@@ -221,20 +238,20 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
         p.requires_grad_(False)
     for p in projector.parameters():
         p.requires_grad_(True)
-    keys = {n: key_class(labels[n]) for n in names}
     opt = torch.optim.Adam(projector.parameters(), lr=lr)
 
     def batch_of(chosen):
         x = torch.stack([features[n][:n_tokens] for n in chosen]).float()
         y = torch.stack([targets[n] for n in chosen])
-        return x, y, torch.tensor([keys[n] for n in chosen])
+        return x, y, torch.tensor([context_targets[n] for n in chosen]).reshape(len(chosen), len(groups))
 
-    def loss_of(x, y, key):
+    def loss_of(x, y, context_y):
         pred = projector(x)
         loss = (pred - table[y]).pow(2).sum(-1).mean() / scale**2
-        known = key >= 0
-        if key_context and known.any():
-            loss = loss + F.cross_entropy(projector.key_logits(x)[known], key[known])
+        if groups:
+            for g, logits in enumerate(projector.context_logits(x)):
+                if (context_y[:, g] >= 0).any():
+                    loss = loss + F.cross_entropy(logits, context_y[:, g], ignore_index=-1)
         # Cosine logits, sharpened: raw dot products span only a few units here, too soft for the
         # cross-entropy to separate close neighbours such as " C"/" D"
         # (measured: held-out slot accuracy of the key's tonic 17 % -> 68 %, lead instrument 28 -> 73 %).
@@ -243,22 +260,26 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
         return loss + F.cross_entropy(logits.flatten(0, 1), wanted)
 
     @torch.no_grad()
-    def slot_accuracy(chosen) -> dict[str, float]:
+    def slot_accuracy(chosen) -> tuple[dict[str, float], dict[str, float]]:
         """Per slot: how often the mean of the slot's tokens is nearest (cosine) to the clip's
-        word among the words that slot takes."""
-        x, y, key = batch_of(chosen)
+        word among the words that slot takes, and how often a single token is (what the
+        decoder is fed); plus each context classifier's accuracy."""
+        x, y, context_y = batch_of(chosen)
         pred = projector(x)
-        out = {}
+        pooled_right, token_right = {}, {}
         for k, slot in enumerate(SLOTS):
             options = torch.tensor(choices[k])
             at = (slot_of == k) & ~is_name
-            pooled = F.normalize(pred[:, at].mean(1), dim=-1)
-            picked = options[(pooled @ F.normalize(table[options], dim=-1).T).argmax(-1)]
-            out[slot] = round(float((picked == y[:, at][:, 0]).float().mean()), 3)
-        if key_context:
-            right = (projector.key_logits(x).argmax(-1) == key)[key >= 0]
-            out["key (context head)"] = round(float(right.float().mean()), 3)
-        return out
+            table_options = F.normalize(table[options], dim=-1)
+            picked = options[(F.normalize(pred[:, at].mean(1), dim=-1) @ table_options.T).argmax(-1)]
+            pooled_right[slot] = round(float((picked == y[:, at][:, 0]).float().mean()), 3)
+            each = options[(F.normalize(pred[:, at], dim=-1) @ table_options.T).argmax(-1)]
+            token_right[slot] = round(float((each == y[:, at]).float().mean()), 3)
+        for g, logits in enumerate(projector.context_logits(x) if groups else []):
+            known = context_y[:, g] >= 0
+            pooled_right[f"{groups[g]} (context head)"] = round(
+                float((logits.argmax(-1) == context_y[:, g])[known].float().mean()), 3)
+        return pooled_right, token_right
 
     started = time.time()
     history = []
@@ -272,17 +293,19 @@ def align(data: Path, init: str, out: Path, *, steps: int = 600, batch: int = 32
         history.append(float(loss.detach()))
     with torch.no_grad():
         val_loss = float(loss_of(*batch_of(val)))
+    val_slots, val_tokens = slot_accuracy(val)
     report = {"clips": len(names), "steps": steps, "loss_first": history[0] if history else None,
               "loss_last": history[-1] if history else None, "val_loss": val_loss,
-              "val_slot_accuracy": slot_accuracy(val), "train_slot_accuracy": slot_accuracy(train[:len(val) * 2]),
+              "val_slot_accuracy": val_slots, "val_token_accuracy": val_tokens,
+              "train_slot_accuracy": slot_accuracy(train[:len(val) * 2])[0],
               "slot_choices": {slot: len(c) for slot, c in zip(SLOTS, choices)}, "labelled": labelled,
-              "seconds": round(time.time() - started, 1)}
+              "context": context, "seconds": round(time.time() - started, 1)}
     if word_readout:
         model.cfg.audio_vocabulary = tuple(int(w) for w in words)
         model.cfg.audio_vocabulary_temperature = temperature
     save_checkpoint(model, out, trained=False,
                     notes=f"{header.notes}; align steps={steps}{'; word read-out' if word_readout else ''}"
-                          f"{'; labelled slots' if labelled else ''}{'; key context' if key_context else ''}")
+                          f"{'; labelled slots' if labelled else ''}{f'; {context} context' if groups else ''}")
     Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -301,13 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--word-readout", action="store_true",
                    help="feed the decoder mixtures of the slot words' embeddings (TinyMUConfig.audio_vocabulary)")
     p.add_argument("--labelled", action="store_true", help="precede each slot's value word with its name word")
-    p.add_argument("--key-context", action="store_true",
-                   help="the projector also reads the clip's key posterior (a classifier trained here)")
+    p.add_argument("--context", choices=tuple(CONTEXT_KINDS), default="none",
+                   help="clip-level posteriors the projector also reads (classifiers trained here): "
+                        "the key, or every slot's attribute")
     a = p.parse_args(argv)
     print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr,
                            temperature=a.temperature, seed=a.seed,
                            features_file=a.features, word_readout=a.word_readout, labelled=a.labelled,
-                           key_context=a.key_context), indent=1))
+                           context=a.context), indent=1))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
              word embeddings of the clip's labels, one word per fixed slot ("waltz",
              "minor", "3", ...; no LM forward: cheap); with --word-readout (on
              by default) the decoder then reads each token as a mixture of those
-             words' embeddings; with --key-context (on by default) the projector
-             also reads the clip's key posterior, from a classifier it trains.
+             words' embeddings; with --context clip (the default) the projector
+             also reads clip-level posteriors of every slot's attribute (the key,
+             the lead instrument, ...), from classifiers it trains.
 4. train     `training.train --mode lora`: projector + rank-32 adapters on q/v of
              SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice and
              yes/no questions, at most --train-per-attribute of each (task, attribute)
@@ -64,7 +65,7 @@ class ShipConfig:
     align_steps: int = 1500
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
     labelled_slots: bool = True  # each slot's value word follows its name word ("genre waltz mode minor ...")
-    key_context: bool = True  # the projector also reads the clip's key posterior (major/minor is clip-level)
+    context: str = "clip"  # the projector also reads clip-level posteriors: "none", "key" or "clip" (every slot's)
     train_steps: int = 600
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
@@ -134,7 +135,7 @@ def ship(cfg: ShipConfig) -> dict:
         from training.align import align
 
         align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features,
-              word_readout=cfg.word_readout, labelled=cfg.labelled_slots, key_context=cfg.key_context)
+              word_readout=cfg.word_readout, labelled=cfg.labelled_slots, context=cfg.context)
 
     def train_lm():
         from training.train import TrainConfig, train
