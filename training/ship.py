@@ -14,9 +14,9 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
              word embeddings of the clip's labels, one word per fixed slot ("waltz",
              "minor", "3", ...; no LM forward: cheap); with --word-readout (on
              by default) the decoder then reads each token as a mixture of those
-             words' embeddings; with --context clip (the default) the projector
-             also reads clip-level posteriors of every slot's attribute (the key,
-             the lead instrument, ...), from classifiers it trains.
+             words' embeddings; with --context key (the default) the projector
+             also reads the clip's key posterior, from a classifier it trains
+             (--context clip: every slot attribute's posterior).
 4. train     `training.train --mode lora`: projector + rank-32 adapters on q/v of
              SmolLM2-135M-Instruct (the GGUF-derived base), on multiple-choice and
              yes/no questions, at most --train-per-attribute of each (task, attribute)
@@ -65,7 +65,7 @@ class ShipConfig:
     align_steps: int = 1500
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
     labelled_slots: bool = True  # each slot's value word follows its name word ("genre waltz mode minor ...")
-    context: str = "clip"  # the projector also reads clip-level posteriors: "none", "key" or "clip" (every slot's)
+    context: str = "key"  # clip-level posteriors the projector also reads: "none", "key" or "clip" (every slot's)
     train_steps: int = 600
     train_batch: int = 8
     train_tasks: str = "multiple_choice,binary"
