@@ -183,6 +183,22 @@ def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
     assert any(".lora_A" in n for n in names)
 
 
+def test_projector_lr_zero_keeps_the_aligned_projector_and_trains_the_adapters(tiny_data, tmp_path):
+    from model.checkpoints import load_checkpoint, save_checkpoint
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+    out = tmp_path / "frozen"
+    train(parse_args(["--data", str(tiny_data), "--out", str(out), "--init", str(init), "--mode", "lora",
+                      "--lora-rank", "4", "--batch", "4", "--micro-batch", "4", "--max-steps", "2", "--lr", "1e-2",
+                      "--projector-lr", "0", "--eval-every", "2", "--quiet"]))
+    state = torch.load(out / "state" / "train_state.pt", weights_only=False)["trainable"]
+    assert state and not any(k.startswith("projector.") for k in state)  # not even in the optimizer
+    start, trained = load_checkpoint(init)[0], load_checkpoint(out / "tinymu.safetensors")[0]
+    assert all(torch.equal(v, trained.projector.state_dict()[k]) for k, v in start.projector.state_dict().items())
+    lora_b = [v for k, v in state.items() if ".lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # the adapters (zero at the start) moved
+
+
 def test_matpac_pretraining_lowers_its_loss(tiny_data):
     from training.pretrain_encoder import MatpacPretrainer, log_mels
 

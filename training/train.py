@@ -61,7 +61,7 @@ class TrainConfig:
     mode: str = "full"
     epochs: float = 3.0
     lr: float = 1e-4
-    projector_lr: float | None = None  # None: same as lr
+    projector_lr: float | None = None  # None: same as lr; 0: the projector stays frozen
     warmup: float = 0.05
     batch: int = 32
     micro_batch: int = 8  # sequences per forward; gradients accumulate up to `batch`
@@ -240,13 +240,15 @@ class LayoutLoss(torch.nn.Module):
 # -- which weights train ----------------------------------------------------------------------------
 
 
-def set_trainable(model: TinyMU, mode: str) -> list[str]:
-    """Freeze the encoder (always) and pick the trainable weights; returns their names."""
+def set_trainable(model: TinyMU, mode: str, train_projector: bool = True) -> list[str]:
+    """Freeze the encoder (always) and pick the trainable weights; returns their names.
+    `train_projector=False` keeps the projector as the align stage left it, so the decoder
+    learns to read the slot words it was aligned to instead of a code the two drift into."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose one of {MODES}")
     for name, param in model.named_parameters():
         if name.startswith("projector."):
-            param.requires_grad_(True)
+            param.requires_grad_(train_projector)
         elif name.startswith("lm."):
             param.requires_grad_(mode == "full" or (mode == "lora" and ".lora_" in name))
         else:
@@ -364,7 +366,7 @@ def train(cfg: TrainConfig) -> dict:
     random.seed(cfg.seed)
 
     model = build_for_training(cfg)
-    trainable = set_trainable(model, cfg.mode)
+    trainable = set_trainable(model, cfg.mode, train_projector=cfg.projector_lr != 0)
     tokenizer = load_tokenizer(model.cfg.lm_weights)
 
     def load_split(split: str) -> list[dict]:
@@ -398,7 +400,7 @@ def train(cfg: TrainConfig) -> dict:
     total_steps = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = [
         {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("projector.")],
-         "lr": cfg.projector_lr or cfg.lr},
+         "lr": cfg.lr if cfg.projector_lr is None else cfg.projector_lr},
         {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projector.")],
          "lr": cfg.lr},
     ]
