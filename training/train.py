@@ -532,7 +532,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--mode", default="full", choices=MODES)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--projector-lr", type=float, default=None)
+    p.add_argument("--projector-lr", type=float, default=None, help="default: --lr; 0 keeps the projector frozen")
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps with linear warm-up")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--micro-batch", type=int, default=8)
