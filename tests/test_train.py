@@ -185,6 +185,7 @@ def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
 
 def test_projector_lr_zero_keeps_the_aligned_projector_and_trains_the_adapters(tiny_data, tmp_path):
     from model.checkpoints import load_checkpoint, save_checkpoint
+    from model.errors import InputError
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
     out = tmp_path / "frozen"
@@ -197,6 +198,9 @@ def test_projector_lr_zero_keeps_the_aligned_projector_and_trains_the_adapters(t
     assert all(torch.equal(v, trained.projector.state_dict()[k]) for k, v in start.projector.state_dict().items())
     lora_b = [v for k, v in state.items() if ".lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # the adapters (zero at the start) moved
+    with pytest.raises(InputError, match="give it a --projector-lr above 0"):
+        train(parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "none"), "--init", str(init),
+                          "--mode", "projector", "--projector-lr", "0", "--max-steps", "1", "--quiet"]))
 
 
 def test_matpac_pretraining_lowers_its_loss(tiny_data):
@@ -386,7 +390,8 @@ def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path
     common = ["--data", str(tiny_data), "--init", str(init), "--features", str(tmp_path / "features.safetensors"),
               "--out", str(tmp_path / "sweep")]
     sweep.main(common + ["--true-words", "--run", '{"name": "a", "mode": "full", "lr": 3e-3, "max_steps": 2}',
-                         "--run", f'{{"name": "b", "mode": "projector", "max_steps": 1, "init": "{init}"}}'])
+                         "--run", f'{{"name": "b", "mode": "projector", "projector_lr": 1e-3, "max_steps": 1, '
+                                  f'"init": "{init}"}}'])
     results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     val_choices = [r for r in qa.load_records(tiny_data / "val.jsonl") if r.task == "multiple_choice"]
     assert [r["run"]["name"] for r in results] == ["a", "b"]

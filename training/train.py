@@ -365,6 +365,8 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
+    if cfg.mode == "projector" and cfg.projector_lr == 0:
+        raise InputError("--mode projector trains only the projector: give it a --projector-lr above 0")
     model = build_for_training(cfg)
     trainable = set_trainable(model, cfg.mode, train_projector=cfg.projector_lr != 0)
     tokenizer = load_tokenizer(model.cfg.lm_weights)
