@@ -49,7 +49,10 @@ class Projector(nn.Module):
             self.context_out = nn.Linear(sum(self.context_classes), hidden, bias=False)
 
     def context_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: [B, T, in_dim] -> one [B, classes] logit tensor per context group, from the clip's mean token."""
+        """x: [B, T, in_dim] -> one [B, classes] logit tensor per context group, from the clip's
+        mean token (none without a context)."""
+        if not self.context_classes:
+            return []
         return list(self.context_head(self.context_in(x.mean(dim=1))).split(self.context_classes, dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
