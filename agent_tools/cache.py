@@ -22,18 +22,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from model.dsp import ANALYSIS_VERSION
+from model.dsp.analyzer import ANALYSIS_VERSION
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-def default_cache_dir() -> Path:
-    """`$TINYMU_CACHE_DIR`, else the user's cache folder (e.g. ~/.cache/tinymu/results)."""
-    if os.environ.get("TINYMU_CACHE_DIR"):
-        return Path(os.environ["TINYMU_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("tinymu")) / "results"
 
 
 class CachedEntry(BaseModel):

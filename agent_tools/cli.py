@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from model.dsp_results import ClipAnalysis
+from model.dsp.results import ClipAnalysis
 from model.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ears for LLM agents: music analysis and TinyMU.")
@@ -156,10 +157,10 @@ def serve_model_command(
 ) -> None:
     """Serve TinyMU over HTTP (answer, caption, choose, embed, health; OpenAPI at /openapi.json).
     Agent hosts reach it by setting TINYMU_URL (and TINYMU_TOKEN)."""
-    from model.service import serve_model
+    from model.service.server import serve_model
 
     try:
-        serve_model(checkpoint=checkpoint, device=device, host=host, port=port, token_env=token_env,
+        serve_model(checkpoint=checkpoint, device=device, host=host, port=port, token=os.environ.get(token_env) or None,
                     batch_window_ms=batch_window_ms, max_batch=max_batch, quantize=quantize)
     except (InputError, ValueError) as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")

@@ -18,25 +18,24 @@ from concurrent.futures.process import BrokenProcessPool
 from pydantic import BaseModel
 
 from model.audio import AudioClip
+from model.dsp.capabilities import capability
 from model.errors import BackendError
-
-DSP_KINDS = ("analysis", "tempo", "beats", "key", "chords")
 
 _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
 def _warm_up() -> None:
-    from model.dsp import default_analyzer
+    from model.dsp.analyzer import default_analyzer
 
     default_analyzer().warm_up()
 
 
 def _analyse(kind: str, clip: AudioClip) -> BaseModel:
-    from model.dsp import default_analyzer
+    from model.dsp import capabilities
+    from model.dsp.analyzer import default_analyzer
 
-    analyzer = default_analyzer()
-    return analyzer.analyze(clip) if kind == "analysis" else getattr(analyzer, kind)(clip)
+    return capabilities.run(default_analyzer(), kind, clip)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -61,9 +60,8 @@ def start(workers: int) -> None:
 
 
 def analyse_in_worker(kind: str, clip: AudioClip, workers: int) -> BaseModel:
-    """Run one DSP analysis ("analysis", "tempo", "beats", "key" or "chords") in a worker process."""
-    if kind not in DSP_KINDS:
-        raise ValueError(f"unknown DSP analysis {kind!r}; expected one of {DSP_KINDS}")
+    """Run one DSP analysis (a kind of `model.dsp.capabilities.CAPABILITIES`) in a worker process."""
+    capability(kind)  # refuse an unknown kind here, not in the worker
     try:
         return _pool(workers).submit(_analyse, kind, clip).result()
     except BrokenProcessPool as exc:

@@ -8,10 +8,10 @@ what agents read); this module holds their result schemas and the work.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from agent_tools.context import Toolbox, progress_callback
 from agent_tools.schemas import AudioInfo
 from agent_tools.similarity import (
     IndexReport,
@@ -25,11 +25,8 @@ from agent_tools.similarity import (
     load_index,
     search,
 )
+from model.dsp.features import ClipAttributes
 from model.errors import InputError
-from model.features import ClipAttributes
-
-if TYPE_CHECKING:
-    from agent_tools.tools import MusicTools
 
 
 class AttributesReport(BaseModel):
@@ -63,14 +60,13 @@ class ClipPlot(BaseModel):
         return base64.b64encode(self._png).decode()
 
 
-def attributes_report(toolbox: MusicTools, audio: str, offset_s: float, duration_s: float | None, with_tags: bool) -> AttributesReport:
+def attributes_report(toolbox: Toolbox, audio: str, offset_s: float, duration_s: float | None, with_tags: bool) -> AttributesReport:
     clip, info = toolbox.load(audio, offset_s, duration_s)
     attributes = clip_attributes_of(toolbox, clip, with_tags=with_tags)
     return AttributesReport(summary=attributes.summary, audio=info, attributes=attributes)
 
 
-def index_report(toolbox: MusicTools, folder: str, with_embeddings: bool) -> IndexReport:
-    from agent_tools.tools import progress_callback
+def index_report(toolbox: Toolbox, folder: str, with_embeddings: bool) -> IndexReport:
 
     # Report one step per file; silence the per-call steps of the analyses inside, which would
     # otherwise make the client's progress bar jump back and forth.
@@ -84,7 +80,7 @@ def index_report(toolbox: MusicTools, folder: str, with_embeddings: bool) -> Ind
 
 
 def similar_results(
-    toolbox: MusicTools,
+    toolbox: Toolbox,
     audio: str,
     folder: str,
     k: int,
@@ -124,12 +120,11 @@ def similar_results(
     )
 
 
-def clip_plot(toolbox: MusicTools, audio: str, offset_s: float, duration_s: float | None) -> ClipPlot:
-    from model.dsp_results import ClipAnalysis
-    from model.plot import plot_clip_png
+def clip_plot(toolbox: Toolbox, audio: str, offset_s: float, duration_s: float | None) -> ClipPlot:
+    from model.dsp.plot import plot_clip_png
 
     clip, info = toolbox.load(audio, offset_s, duration_s)
-    analysis = toolbox._measure("analysis", clip, ClipAnalysis, lambda: toolbox.analyzer.analyze(clip))
+    analysis = toolbox.measure("analysis", clip, lambda: toolbox.analyzer.analyze(clip))
     # Analyses report file times; the picture shows the analysed window from 0.
     shift = clip.offset_s
     beats = [t - shift for t in analysis.beats.beats_s]

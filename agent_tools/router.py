@@ -30,15 +30,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from rapidfuzz.distance import OSA
 
+from model.dsp.capabilities import CAPABILITIES
+
 Backend = Literal["tempo", "key", "chords", "beats", "model"]
 DSP_BACKENDS: tuple[Backend, ...] = ("tempo", "key", "chords", "beats")
 
 # Why each backend is the right one; quoted in the routed answer.
 BACKEND_REASONS: dict[Backend, str] = {
-    "tempo": "tempo is measured by madmom's beat tracker (median inter-beat interval), more precise than a language model",
-    "key": "key and mode are measured by madmom's CNN key classifier over the whole clip",
-    "chords": "chords are transcribed by madmom's deep chroma chord recogniser, with start and end times",
-    "beats": "beats, downbeats and meter are tracked by madmom's downbeat tracker",
+    **{kind: CAPABILITIES[kind].how for kind in DSP_BACKENDS},
     "model": "timbre, instruments, genre, mood and free description need TinyMU, the music-language model",
 }
 

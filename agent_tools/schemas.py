@@ -2,7 +2,7 @@
 
 Each result is flat and readable: a one-line `summary` first (what an LLM should
 read), then `audio` (exactly what was analysed), then the measurements. The DSP
-measurements reuse the result models of `model.dsp`, so there is one
+measurements reuse the result models of `model.dsp.analyzer`, so there is one
 definition of a tempo, a key or a chord segment in the whole project.
 """
 
@@ -13,7 +13,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from model.audio import AudioClip
-from model.dsp_results import BeatsResult, ChordsResult, ClipAnalysis, KeyResult, TempoResult
+from model.dsp.results import (
+    BeatsResult,
+    ChordsResult,
+    ClipAnalysis,
+    KeyResult,
+    TempoResult,
+)
 
 
 class AudioInfo(BaseModel):

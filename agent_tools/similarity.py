@@ -23,15 +23,13 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from model.features import ClipAttributes
-
-if TYPE_CHECKING:
-    from agent_tools.tools import MusicTools
+from agent_tools.context import Toolbox
+from model.dsp.features import ClipAttributes
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".oga", ".opus"}
 INDEX_VERSION = 1
@@ -170,7 +168,7 @@ def audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
-def _embedding(toolbox: MusicTools, clip) -> tuple[list[float] | None, str | None, bool]:
+def _embedding(toolbox: Toolbox, clip) -> tuple[list[float] | None, str | None, bool]:
     """(L2-normalised pooled embedding, model name, trained) or Nones when no model is usable."""
     from model.audio import MODEL_RATE
     from model.errors import TinyMUError
@@ -185,7 +183,7 @@ def _embedding(toolbox: MusicTools, clip) -> tuple[list[float] | None, str | Non
 
 
 def build_index(
-    toolbox: MusicTools, folder: str, *, with_embeddings: bool = True, progress=None
+    toolbox: Toolbox, folder: str, *, with_embeddings: bool = True, progress=None
 ) -> tuple[ClipIndex, IndexReport]:
     """Analyse the audio files under `folder` (inside the allowed roots) and write the index.
 
@@ -265,13 +263,17 @@ def build_index(
 # --- attributes (shared with the clip_attributes tool) -------------------------------------
 
 
-def clip_attributes_of(toolbox: MusicTools, clip, *, with_tags: bool) -> ClipAttributes:
+def clip_attributes_of(toolbox: Toolbox, clip, *, with_tags: bool) -> ClipAttributes:
     """Attributes of a decoded clip, cached by content; tags from the model when asked and available."""
-    from model.dsp_results import ClipAnalysis
+    from model.dsp.features import (
+        SignalFeatures,
+        combine_attributes,
+        model_tags,
+        signal_features,
+    )
     from model.errors import TinyMUError
-    from model.features import SignalFeatures, combine_attributes, model_tags, signal_features
 
-    analysis = toolbox._measure("analysis", clip, ClipAnalysis, lambda: toolbox.analyzer.analyze(clip))
+    analysis = toolbox.measure("analysis", clip, lambda: toolbox.analyzer.analyze(clip))
     signal = toolbox.cache.get_or_compute("signal_features", clip.sha256, {}, SignalFeatures, lambda: signal_features(clip))
     tags, note = None, None
     if with_tags:

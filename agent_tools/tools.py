@@ -10,12 +10,11 @@ LangChain toolkit both iterate it, so a tool is defined exactly once.
 
 Every method is synchronous and may block for seconds (decoding, madmom, the
 model): front ends run them in worker threads. Long calls report progress
-through `progress_callback`, a context variable a front end may set.
+through `agent_tools.context.progress_callback`, a context variable a front end may set.
 """
 
 from __future__ import annotations
 
-import contextvars
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -27,9 +26,9 @@ from pydantic import Field
 
 from agent_tools.cache import ResultCache
 from agent_tools.config import Settings
+from agent_tools.context import report_progress
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
-from agent_tools.router import route
 from agent_tools.recommend import (
     AttributesReport,
     ClipPlot,
@@ -38,7 +37,7 @@ from agent_tools.recommend import (
     index_report,
     similar_results,
 )
-from agent_tools.similarity import IndexReport, KeyMode, Method, SimilarResults, TempoConstraint
+from agent_tools.router import route
 from agent_tools.schemas import (
     AudioInfo,
     BeatsReport,
@@ -53,9 +52,16 @@ from agent_tools.schemas import (
     RoutedAnswer,
     TempoReport,
 )
+from agent_tools.similarity import (
+    IndexReport,
+    KeyMode,
+    Method,
+    SimilarResults,
+    TempoConstraint,
+)
 from model.audio import MODEL_RATE, AudioClip, load_audio
-from model.dsp import MusicAnalyzer, default_analyzer
-from model.dsp_results import BeatsResult, ChordsResult, ClipAnalysis, KeyResult, TempoResult
+from model.dsp import capabilities
+from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
 
 # --- argument types shared by the tools (their descriptions reach the agent's LLM) ---
@@ -81,19 +87,6 @@ Question = Annotated[str, Field(min_length=1, description="A question about the 
 Options = Annotated[
     list[str], Field(min_length=2, max_length=10, description="The answer options (2 to 10), in order.")
 ]
-
-ProgressCallback = Callable[[float, float, str], None]
-progress_callback: contextvars.ContextVar[ProgressCallback | None] = contextvars.ContextVar(
-    "progress_callback", default=None
-)
-
-
-def report_progress(done: float, total: float, message: str) -> None:
-    """Tell the front end how far the current call is (no-op when nobody listens)."""
-    callback = progress_callback.get()
-    if callback is not None:
-        callback(done, total, message)
-
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -164,18 +157,19 @@ class MusicTools:
         """The music-language model (embedded, or the remote service when TINYMU_URL is set), loaded once."""
         with self._model_lock:
             if self._model is None:
-                if self.settings.model_url:
-                    from model.client import RemoteMusicLM
+                settings = self.settings
+                if settings.model_url:
+                    from model.service.client import RemoteMusicLM
 
-                    self._model = RemoteMusicLM(
-                        self.settings.model_url,
-                        token=self.settings.model_token,
-                        timeout_s=min(60.0, self.settings.call_timeout_s),
-                    )
+                    self._model = RemoteMusicLM(settings.model_url, token=settings.model_token,
+                                                timeout_s=min(settings.model_timeout_s, settings.call_timeout_s))
                 else:
-                    from model.engine import load_model
+                    from model.lm import smollm2
+                    from model.lm.engine import get_engine
 
-                    self._model = load_model()
+                    smollm2.use_weights_dir(settings.weights_dir)
+                    self._model = get_engine(settings.checkpoint, settings.device, settings.quantize_weights,
+                                             settings.threads)
             return self._model
 
     def load(self, audio: str, offset_s: float = 0.0, duration_s: float | None = None) -> tuple[AudioClip, AudioInfo]:
@@ -204,14 +198,16 @@ class MusicTools:
         if self.settings.dsp_workers:
             return lambda: analyse_in_worker(kind, clip, self.settings.dsp_workers)
         analyzer = self.analyzer
-        return lambda: analyzer.analyze(clip) if kind == "analysis" else getattr(analyzer, kind)(clip)
+        return lambda: capabilities.run(analyzer, kind, clip)
 
-    def _measure(self, kind: str, clip: AudioClip, result_cls, compute: Callable | None = None):
+    def measure(self, kind: str, clip: AudioClip, compute: Callable | None = None):
         """A DSP result from the cache, or computed (and cached) now.
 
-        `kind` is "analysis" (everything) or "tempo", "beats", "key", "chords"; `compute` overrides
-        how it is computed (default: the madmom analyzer, in worker processes if configured).
+        `kind` is a row of `model.dsp.capabilities.CAPABILITIES` ("analysis" is everything);
+        `compute` overrides how it is computed (default: the madmom analyzer, in worker
+        processes if configured).
         """
+        result_cls = capabilities.capability(kind).result
         compute = compute or self._dsp(kind, clip)
         report_progress(2, 3, f"measuring {kind}")
         # Results carry file times, so a window's offset is part of the key.
@@ -239,7 +235,7 @@ class MusicTools:
         instruments, genre, mood or a description use describe_music or ask_about_music instead.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        analysis = self._measure("analysis", clip, ClipAnalysis)
+        analysis = self.measure("analysis", clip)
         return ClipReport(summary=analysis.summary, audio=info, analysis=analysis)
 
     def estimate_tempo(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> TempoReport:
@@ -250,7 +246,7 @@ class MusicTools:
         the time signature use track_beats; for everything at once use analyze_clip.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        tempo = self._measure("tempo", clip, TempoResult)
+        tempo = self.measure("tempo", clip)
         return TempoReport(summary=tempo.summary, audio=info, tempo=tempo)
 
     def track_beats(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> BeatsReport:
@@ -260,7 +256,7 @@ class MusicTools:
         For just the BPM use estimate_tempo.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        beats = self._measure("beats", clip, BeatsResult)
+        beats = self.measure("beats", clip)
         return BeatsReport(summary=beats.summary, audio=info, beats=beats)
 
     def detect_key(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> KeyReport:
@@ -270,7 +266,7 @@ class MusicTools:
         For the chords themselves use recognize_chords.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        key = self._measure("key", clip, KeyResult)
+        key = self.measure("key", clip)
         return KeyReport(summary=key.summary, audio=info, key=key)
 
     def recognize_chords(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> ChordsReport:
@@ -281,7 +277,7 @@ class MusicTools:
         For the overall key use detect_key.
         """
         clip, info = self.load(audio, offset_s, duration_s)
-        chords = self._measure("chords", clip, ChordsResult)
+        chords = self.measure("chords", clip)
         return ChordsReport(summary=chords.summary, audio=info, chords=chords)
 
     # --- model tools -------------------------------------------------------------------
@@ -384,7 +380,7 @@ class MusicTools:
         evidence: list[str] = []
         answers: list[str] = []
         if decision.dsp:
-            analysis = self._measure("analysis", clip, ClipAnalysis)
+            analysis = self.measure("analysis", clip)
             for name in decision.dsp:
                 result = getattr(analysis, name)
                 measured[name] = result

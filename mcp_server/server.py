@@ -27,11 +27,16 @@ import anyio.to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+)
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 
 from agent_tools.config import Settings
-from agent_tools.tools import TOOL_SPECS, MusicTools, progress_callback
+from agent_tools.context import progress_callback
+from agent_tools.tools import TOOL_SPECS, MusicTools
 from model.errors import BackendError, InputError
 
 log = logging.getLogger("tinymu.mcp")

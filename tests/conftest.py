@@ -10,7 +10,12 @@ import pytest
 
 # Converted SmolLM2 weights are shared by every test (and every run) in the repo's own
 # cache, so the one-off GGUF conversion happens once per machine, not once per test.
+# The variable reaches servers started as subprocesses; in-process code is told directly.
 os.environ.setdefault("TINYMU_WEIGHTS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "weights"))
+
+from model.lm import smollm2
+
+smollm2.use_weights_dir(Path(os.environ["TINYMU_WEIGHTS_DIR"]))
 
 from training.synth import SongLabels, write_song
 
@@ -41,6 +46,6 @@ def labelled_clips(tmp_path_factory) -> dict[str, LabelledClip]:
 
 @pytest.fixture(scope="session")
 def analyzer():
-    from model.dsp import MusicAnalyzer
+    from model.dsp.analyzer import MusicAnalyzer
 
     return MusicAnalyzer()

@@ -6,7 +6,7 @@ import pytest
 
 from agent_tools.cache import ResultCache
 from model.audio import load_audio
-from model.dsp_results import ClipAnalysis, KeyResult, TempoResult
+from model.dsp.results import ClipAnalysis, KeyResult, TempoResult
 
 SHA = "ab" * 32
 

@@ -11,10 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 
-
-from model.config import EOS_ID, PAD_ID, preset
 from model.errors import InputError
-from training.dataset import MusicQADataset, build_dataset, collate, load_clip, read_labels
+from model.lm.config import EOS_ID, PAD_ID, preset
+from training.dataset import (
+    MusicQADataset,
+    build_dataset,
+    collate,
+    load_clip,
+    read_labels,
+)
 from training.qa import load_records
 
 
@@ -27,7 +32,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from model.smollm2 import load_tokenizer
+    from model.lm.smollm2 import load_tokenizer
 
     return load_tokenizer("random")
 
@@ -78,7 +83,7 @@ def test_load_clip_gives_the_first_ten_seconds_at_16k(tmp_path, data_dir):
 
 
 def test_dataset_and_collate_feed_tinymu_in_the_reference_layout(data_dir, tokenizer):
-    from model.tinymu import build_model
+    from model.lm.network import build_model
 
     dataset = MusicQADataset(data_dir / "train.jsonl", tokenizer)
     item = dataset[0]

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from model.audio import load_audio
-from model.dsp import find_loop
-from model.dsp_results import ClipAnalysis
+from model.dsp.analyzer import find_loop
+from model.dsp.results import ClipAnalysis
 
 
 @pytest.fixture(scope="module")

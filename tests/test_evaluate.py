@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from training.dataset import build_dataset, load_clip, read_labels
 from training.evaluate import (
     app,
@@ -32,7 +31,7 @@ def data_dir(tmp_path_factory) -> Path:
 def engine():
     import torch
 
-    from model.engine import load_engine
+    from model.lm.engine import load_engine
 
     torch.manual_seed(0)
     return load_engine("preset:tiny", device="cpu")

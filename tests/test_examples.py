@@ -5,9 +5,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import ToolMessage
-
 from _clips import render_library
+from langchain_core.messages import ToolMessage
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

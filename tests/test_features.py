@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-
 from _clips import render_library, write_wav
+
 from model.audio import load_audio
-from model.features import danceability, integrated_loudness, signal_features
+from model.dsp.features import danceability, integrated_loudness, signal_features
 
 RATE = 44100
 
@@ -90,7 +90,7 @@ def test_attributes_of_rendered_music_agree_with_its_labels(tmp_path_factory):
 def test_tags_come_from_the_model_and_say_when_it_is_untrained(tmp_path_factory):
     from agent_tools.config import Settings
     from agent_tools.tools import MusicTools
-    from model.features import GENRE_TAGS, INSTRUMENT_TAGS, MOOD_TAGS
+    from model.dsp.features import GENRE_TAGS, INSTRUMENT_TAGS, MOOD_TAGS
 
     folder = tmp_path_factory.mktemp("tags")
     render_library(folder)

@@ -22,7 +22,12 @@ import soundfile as sf
 from agent_tools.config import Settings
 from agent_tools.inputs import is_public_address, resolve_audio, resolve_path
 from model.audio import load_audio
-from model.errors import AccessDeniedError, AudioTooLargeError, InputError, UnsupportedAudioError
+from model.errors import (
+    AccessDeniedError,
+    AudioTooLargeError,
+    InputError,
+    UnsupportedAudioError,
+)
 
 
 def wav_bytes(seconds: float = 1.5, rate: int = 22050) -> bytes:

@@ -3,11 +3,11 @@
 import asyncio
 
 import pytest
+from _clips import render_library
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 
-from _clips import render_library
 from agent_tools.config import Settings
 from agent_tools.langchain_tools import build_toolkit, recoverable_errors
 from agent_tools.tools import TOOL_SPECS, MusicTools
@@ -134,10 +134,10 @@ def test_unknown_tool_names_are_rejected(setup):
 
 def test_trained_weights_carry_their_caveat_into_every_model_result(setup, tmp_path):
     """A trained checkpoint's caveat (e.g. "synthetic training data only") is the warning agents read."""
-    from model import checkpoints
-    from model.config import preset
-    from model.engine import load_engine
-    from model.tinymu import build_model
+    from model.lm import checkpoints
+    from model.lm.config import preset
+    from model.lm.engine import load_engine
+    from model.lm.network import build_model
 
     caveat = "trained on synthetic clips only"
     file = checkpoints.save_checkpoint(build_model(preset("tiny")), tmp_path / "ckpt", trained=True, caveat=caveat)

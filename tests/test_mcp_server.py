@@ -32,7 +32,6 @@ from agent_tools.config import Settings
 from agent_tools.tools import TOOL_SPECS, MusicTools
 from mcp_server.cli import rebinding_protection
 from mcp_server.server import build_server
-from model.audio import AudioLimits
 from training.synth import write_song
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ def make_settings(music, **changes) -> Settings:
         roots=(music["root"],),
         cache_dir=music["cache"],
         allow_urls=True,  # so URL cases reach the SSRF guard
-        audio_limits=AudioLimits(max_duration_s=30.0),
+        max_duration_s=30.0,
         max_data_uri_bytes=200_000,
         call_timeout_s=120.0,
     )

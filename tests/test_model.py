@@ -3,19 +3,22 @@ end-to-end run of the real SmolLM2 weights from the offline GGUF (marked slow)."
 
 from __future__ import annotations
 
-
 import librosa
 import numpy as np
 import pytest
 import torch
 
-
-from model import checkpoints, decoding
-from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset
-from model.engine import load_engine
 from model.errors import AudioTooShortError, InputError, InvalidSamplesError
-from model.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt, score_answer, summarize
-from model.tinymu import TinyMU, build_model
+from model.lm import checkpoints, decoding
+from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig, preset
+from model.lm.engine import load_engine
+from model.lm.muchomusic import (
+    IN_CONTEXT_EXAMPLE,
+    build_prompt,
+    score_answer,
+    summarize,
+)
+from model.lm.network import TinyMU, build_model
 
 SR = 16000
 
@@ -406,7 +409,7 @@ def test_word_readout_feeds_mixtures_of_real_word_embeddings(tiny, tmp_path):
 
 
 def test_checkpoints_with_the_older_key_context_flag_load_as_the_key_group():
-    from model.config import TinyMUConfig
+    from model.lm.config import TinyMUConfig
 
     older = TinyMUConfig.from_dict({"projector_key_context": True})
     assert older.projector_context_classes == (24,)
@@ -507,7 +510,7 @@ def test_trained_encoder_is_stored_and_seed_mismatch_refused(tmp_path):
 
 
 def test_tokenize_example_follows_reference_format(engine):
-    from model.tinymu import tokenize_example
+    from model.lm.network import tokenize_example
 
     p_ids, p_mask, t_ids, t_mask = tokenize_example(engine.tokenizer, "What key is this in?", "A minor")
     n_prompt, n_target = int(p_mask.sum()), int(t_mask.sum())
@@ -522,7 +525,7 @@ def test_int8_decoder_weights_stay_close(tiny):
     """The CPU int8 option: same shapes, logits close to float32, the engine still answers."""
     import copy
 
-    from model.quantize import Int8WeightLinear, quantize_int8
+    from model.lm.quantize import Int8WeightLinear, quantize_int8
 
     quantized = quantize_int8(copy.deepcopy(tiny).lm)
     assert isinstance(quantized.model.layers[0].self_attn.q_proj, Int8WeightLinear)
@@ -537,7 +540,7 @@ def test_int8_decoder_weights_stay_close(tiny):
 
 def test_int8_quantisation_of_a_tall_matrix_matches_whole_matrix_rounding():
     """Weights are quantised in row blocks (to bound memory); the result equals per-row rounding of the whole matrix."""
-    from model.quantize import Int8WeightLinear
+    from model.lm.quantize import Int8WeightLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 9000, bias=False)  # three row blocks, the last one partial
@@ -550,9 +553,9 @@ def test_int8_quantisation_of_a_tall_matrix_matches_whole_matrix_rounding():
 
 
 def test_the_shipped_checkpoint_is_the_trained_default():
-    """model/shipped/ holds the checkpoint `python -m training.ship` trained and gated: small, adapter-only
+    """model/lm/shipped/ holds the checkpoint `python -m training.ship` trained and gated: small, adapter-only
     over the GGUF-derived SmolLM2, loaded by default, trained, and carrying its caveat."""
-    from model.engine import shipped_checkpoint
+    from model.lm.engine import shipped_checkpoint
 
     file = shipped_checkpoint()
     assert file is not None and file.stat().st_size < 50 * 2**20

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import uvicorn
 
-
-from model.client import RemoteMusicLM
-from model.engine import MusicModel, load_engine, load_model
 from model.errors import AudioTooShortError, InputError, ModelServiceError
-from model.service import create_app, encode_audio
+from model.lm.engine import MusicModel, load_engine
+from model.service.client import RemoteMusicLM
+from model.service.protocol import encode_audio
+from model.service.server import create_app
 
 TOKEN = "s3cret-token"
 SR = 16000
@@ -137,10 +137,13 @@ def test_slow_service_times_out():
         listener.close()
 
 
-def test_load_model_picks_remote_when_url_set(service, monkeypatch):
+def test_toolbox_picks_the_remote_model_when_the_url_is_set(service, monkeypatch, tmp_path):
+    from agent_tools.config import Settings
+    from agent_tools.tools import MusicTools
+
     monkeypatch.setenv("TINYMU_URL", service[0])
     monkeypatch.setenv("TINYMU_TOKEN", TOKEN)
-    model = load_model()
+    model = MusicTools(Settings(cache_dir=tmp_path)).model
     assert isinstance(model, RemoteMusicLM)
     assert model.info().name == "TinyMU"
 
@@ -175,8 +178,7 @@ def test_cli_serves_the_model_in_a_subprocess():
 
 
 def test_public_bind_without_token_is_refused(monkeypatch):
-    from model.service import serve_model
+    from model.service.server import serve_model
 
-    monkeypatch.delenv("TINYMU_TEST_UNSET_TOKEN", raising=False)
     with pytest.raises(ValueError, match="without a token"):
-        serve_model(host="0.0.0.0", token_env="TINYMU_TEST_UNSET_TOKEN")
+        serve_model(host="0.0.0.0", token=None)

@@ -4,12 +4,12 @@ import io
 
 import matplotlib.image
 import numpy as np
+from _clips import render_library
 from typer.testing import CliRunner
 
-from _clips import render_library
 from agent_tools.cli import app
 from model.audio import load_audio
-from model.plot import chord_name, plot_clip_png
+from model.dsp.plot import chord_name, plot_clip_png
 
 
 def red_columns(png: bytes) -> list[int]:

@@ -11,12 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
-from model import checkpoints, smollm2
-from model.config import TinyMUConfig, preset
-from model.engine import MusicLM, load_engine
 from model.errors import ModelUnavailableError
-from model.quantize import Int8WeightLinear, quantize_int8
-from model.tinymu import LoRALinear, build_model, lm_config
+from model.lm import checkpoints, smollm2
+from model.lm.config import TinyMUConfig, preset
+from model.lm.engine import MusicLM, load_engine
+from model.lm.network import LoRALinear, build_model, lm_config
+from model.lm.quantize import Int8WeightLinear, quantize_int8
 
 IDS = torch.tensor([[5, 60, 700, 8000, 12, 49151, 0, 17]])
 

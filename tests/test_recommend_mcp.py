@@ -3,9 +3,9 @@
 import base64
 
 import pytest
+from _clips import render_library
 from mcp import Client
 
-from _clips import render_library
 from agent_tools.config import Settings
 from mcp_server.server import build_server
 

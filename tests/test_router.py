@@ -3,7 +3,7 @@
 import pytest
 
 from agent_tools.router import RouteDecision, route
-from training.bench_router import accuracy, evaluate, load_questions
+from training.bench.router import accuracy, evaluate, load_questions
 
 
 def test_labelled_set_is_large_varied_and_split():

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 import soundfile as sf
-
 from _clips import render_library
+
 from agent_tools.config import Settings
 from agent_tools.similarity import load_index
 from agent_tools.tools import MusicTools
@@ -23,7 +23,7 @@ def library(tmp_path_factory):
     (root / "not_music").mkdir()
     toolbox = MusicTools(Settings(roots=(root,), cache_dir=root / "cache"))
     progress = []
-    from agent_tools import tools as tools_module
+    from agent_tools import context as tools_module
 
     token = tools_module.progress_callback.set(lambda done, total, message: progress.append((done, total)))
     try:

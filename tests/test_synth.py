@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.pitch_names import pitch_class
+from model.dsp.pitch_names import pitch_class
 from training.synth import QUALITIES, STYLES, make_song, render_song, set_plan
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import preset
-from model.tinymu import build_model
+from model.lm.config import preset
+from model.lm.network import build_model
 from training import qa, synth
 from training.labels import ClipLabels
 from training.train import TextBatch, compact_loss, parse_args, train
@@ -79,7 +79,7 @@ def test_tiny_training_lowers_loss_resumes_and_loads_into_engine(tiny_data, tmp_
     assert steps == list(range(1, 13)), "resume must continue from step 9, not restart"
     assert (out / "loss.png").stat().st_size > 1000
 
-    from model.engine import load_engine
+    from model.lm.engine import load_engine
 
     engine = load_engine(str(out / "tinymu.safetensors"))
     assert engine.info().trained
@@ -92,7 +92,7 @@ def test_same_seed_retrains_the_same_weights(tiny_data, tmp_path):
     for a seed on a CPU (different seeds must differ, or the check would prove nothing)."""
     from safetensors.torch import load_file
 
-    from model.checkpoints import save_checkpoint
+    from model.lm.checkpoints import save_checkpoint
     from training.align import align
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
@@ -154,7 +154,7 @@ def test_true_words_replace_the_audio_of_their_rows_only():
 def test_training_on_true_words_alone_leaves_the_projector_untouched(tiny_data, tmp_path):
     """With every row fed its clip's true slot words, no gradient reaches the projector: the
     wiring check of --true-word-share (a share of 0 must move it, or the check proves nothing)."""
-    from model.checkpoints import load_checkpoint, save_checkpoint
+    from model.lm.checkpoints import load_checkpoint, save_checkpoint
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
 
@@ -184,8 +184,8 @@ def test_lora_mode_trains_only_projector_and_adapters(tiny_data, tmp_path):
 
 
 def test_projector_lr_zero_keeps_the_aligned_projector_and_trains_the_adapters(tiny_data, tmp_path):
-    from model.checkpoints import load_checkpoint, save_checkpoint
     from model.errors import InputError
+    from model.lm.checkpoints import load_checkpoint, save_checkpoint
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
     out = tmp_path / "frozen"
@@ -241,7 +241,7 @@ def test_supervised_warm_up_has_a_lead_instrument_head():
 
 
 def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
-    from model.checkpoints import load_checkpoint
+    from model.lm.checkpoints import load_checkpoint
     from training.pretrain_encoder import parse_args as pretrain_args
     from training.pretrain_encoder import pretrain
 
@@ -256,9 +256,9 @@ def test_pretrain_command_writes_an_encoder_checkpoint(tiny_data, tmp_path):
 
 
 def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
-    from model.checkpoints import load_checkpoint, save_checkpoint
     from model.errors import InputError
-    from model.smollm2 import load_tokenizer
+    from model.lm.checkpoints import load_checkpoint, save_checkpoint
+    from model.lm.smollm2 import load_tokenizer
     from training.align import SLOTS, align, slot_name_ids, slot_token_ids, slot_words
     from training.labels import ClipLabels
 
@@ -301,8 +301,14 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
 
 
 def test_labelled_layout_puts_each_slot_name_before_its_value():
-    from model.smollm2 import load_tokenizer
-    from training.align import SLOTS, naming_word, slot_name_ids, slot_positions, slot_targets
+    from model.lm.smollm2 import load_tokenizer
+    from training.align import (
+        SLOTS,
+        naming_word,
+        slot_name_ids,
+        slot_positions,
+        slot_targets,
+    )
 
     values = list(range(1000, 1000 + len(SLOTS)))
     names = slot_name_ids(load_tokenizer("smollm2-gguf"))
@@ -328,7 +334,7 @@ def test_every_family_of_a_four_family_clip_has_a_slot():
 
 
 def test_labelled_layout_spells_the_key_as_the_answers_do():
-    from model.smollm2 import load_tokenizer
+    from model.lm.smollm2 import load_tokenizer
     from training.align import SLOTS, slot_name_ids, slot_targets, slot_token_ids
     from training.labels import ClipLabels
 
@@ -351,7 +357,7 @@ def test_labelled_layout_spells_the_key_as_the_answers_do():
 
 
 def test_slot_values_are_the_tokens_the_answers_spell_them_with():
-    from model.smollm2 import load_tokenizer
+    from model.lm.smollm2 import load_tokenizer
     from training.align import _first_token
 
     tokenizer = load_tokenizer("smollm2-gguf")
@@ -368,7 +374,7 @@ def test_slot_values_are_the_tokens_the_answers_spell_them_with():
 
 
 def test_true_words_are_the_clips_slot_words_in_the_labelled_layout(tiny_data):
-    from model.smollm2 import load_tokenizer
+    from model.lm.smollm2 import load_tokenizer
     from training.align import SLOTS, clip_labels_in, slot_name_ids, slot_token_ids
     from training.sweep import true_word_embeddings
 
@@ -383,7 +389,7 @@ def test_true_words_are_the_clips_slot_words_in_the_labelled_layout(tiny_data):
 
 
 def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path):
-    from model.checkpoints import save_checkpoint
+    from model.lm.checkpoints import save_checkpoint
     from training import sweep
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)

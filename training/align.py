@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.checkpoints import load_checkpoint, save_checkpoint
-from model.config import KEY_CLASSES
 from model.errors import InputError
-from model.smollm2 import load_tokenizer
-from model.tinymu import Projector
+from model.lm.checkpoints import load_checkpoint, save_checkpoint
+from model.lm.config import KEY_CLASSES
+from model.lm.network import Projector
+from model.lm.smollm2 import load_tokenizer
 from training.features import encode_clips
 from training.labels import GM_FAMILIES, MODES, ClipLabels, pitch_class
 from training.qa import instrument_phrase

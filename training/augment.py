@@ -123,7 +123,7 @@ def augment_recordings(recordings: Sequence[Path], out_dir: str | Path, *, clip_
                        seed: int = 0, dataset: str = "debian") -> list[ClipLabels]:
     """Cut, analyse and label clips of real recordings; writes `labels_real.jsonl` and `real.jsonl` in `out_dir`."""
     from model.audio import load_audio
-    from model.dsp import MusicAnalyzer
+    from model.dsp.analyzer import MusicAnalyzer
     from training.qa import generate_qa, write_jsonl
 
     out = Path(out_dir)

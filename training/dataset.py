@@ -36,8 +36,8 @@ import soxr
 import torch
 import typer
 
-from model.config import EOS_ID, PAD_ID
 from model.errors import InputError
+from model.lm.config import EOS_ID, PAD_ID
 from training.labels import TEMPO_CLASS_BOUNDS_BPM, ClipLabels
 from training.qa import QARecord, ValuePools, generate_qa, load_records, write_jsonl
 

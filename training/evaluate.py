@@ -1,6 +1,6 @@
 """Evaluate a TinyMU checkpoint on a held-out QA split, beside blind and text-only baselines.
 
-    python -m training.evaluate --checkpoint model/shipped/tinymu-small.safetensors --data .cache/data
+    python -m training.evaluate --checkpoint model/lm/shipped/tinymu-small.safetensors --data .cache/data
 
 For every record of the split (default `test.jsonl`) and every condition:
 
@@ -41,7 +41,13 @@ from tqdm import tqdm
 
 from model.errors import InputError
 from training.dataset import load_clip
-from training.qa import LETTERS, QARecord, binary_answer, load_records, open_answer_is_right
+from training.qa import (
+    LETTERS,
+    QARecord,
+    binary_answer,
+    load_records,
+    open_answer_is_right,
+)
 
 CONDITIONS = ("audio", "silence", "noise", "text_only", "smollm2")
 CHANCE = {"binary": 0.5, "multiple_choice/loglik": 0.25, "multiple_choice/muchomusic": 0.25}
@@ -100,7 +106,7 @@ def rouge_l(hypothesis: str, reference: str) -> float:
 
 def _text_only(engine):
     """The same engine with zero audio tokens: the LM sees only [separator][prompt]."""
-    from model.engine import MusicLM
+    from model.lm.engine import MusicLM
 
     class TextOnlyLM(MusicLM):
         def _audio_embeds(self, audio: np.ndarray) -> torch.Tensor:
@@ -115,8 +121,8 @@ def _base_smollm2(engine):
     """The decoder the checkpoint started from (e.g. SmolLM2-135M), untouched and text only."""
     import copy
 
-    from model.engine import MusicLM
-    from model.tinymu import build_model
+    from model.lm.engine import MusicLM
+    from model.lm.network import build_model
 
     cfg = copy.deepcopy(engine.model.cfg)
     cfg.lora_rank = 0
@@ -351,7 +357,7 @@ def main(
     seed: int = typer.Option(0),
 ) -> None:
     """Score a checkpoint on a held-out split under every condition and write tables and a plot."""
-    from model.engine import load_engine
+    from model.lm.engine import load_engine
 
     records = load_records(data / f"{split}.jsonl")
     if tasks:

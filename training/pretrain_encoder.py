@@ -43,11 +43,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model.config import TinyMUConfig, preset
-from model.encoder import Block, MatpacEncoder
 from model.errors import InputError
+from model.lm.config import TinyMUConfig, preset
+from model.lm.encoder import Block, MatpacEncoder
 from training.features import load_clip
-from training.labels import GM_FAMILIES, METERS, MODES, PITCH_CLASSES, TEMPO_CLASSES, ClipLabels, pitch_class
+from training.labels import (
+    GM_FAMILIES,
+    METERS,
+    MODES,
+    PITCH_CLASSES,
+    TEMPO_CLASSES,
+    ClipLabels,
+    pitch_class,
+)
 
 # -- log-mel data ---------------------------------------------------------------------------------
 
@@ -391,8 +399,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 def save_encoder_checkpoint(encoder: MatpacEncoder, model_cfg: TinyMUConfig, out: Path, notes: str = "") -> Path:
     """A full TinyMU checkpoint (our format) around this encoder: random projector, decoder by reference."""
-    from model.checkpoints import save_checkpoint
-    from model.tinymu import build_model
+    from model.lm.checkpoints import save_checkpoint
+    from model.lm.network import build_model
 
     model = build_model(model_cfg)
     model.encoder.load_state_dict(encoder.state_dict())

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from model.errors import InputError
-from model.muchomusic import build_prompt
+from model.lm.muchomusic import build_prompt
 from training import qa_templates as T
 from training.labels import (
     GM_FAMILIES,

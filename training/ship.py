@@ -1,6 +1,6 @@
 """Build the checkpoint the project ships, with one resumable command.
 
-    python -m training.ship [--work .cache/ship] [--out model/shipped/tinymu-small.safetensors]
+    python -m training.ship [--work .cache/ship] [--out model/lm/shipped/tinymu-small.safetensors]
 
 Stages (each is skipped when its output already exists, so rerunning the command
 after an interruption resumes where it stopped; LM training resumes mid-run):
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "model" / "shipped" / "tinymu-small.safetensors"
+DEFAULT_OUT = REPO / "model" / "lm" / "shipped" / "tinymu-small.safetensors"
 
 
 @dataclass
@@ -148,7 +148,7 @@ def ship(cfg: ShipConfig) -> dict:
                           eval_every=max(10, cfg.train_steps // 5), save_every=10, **lm_stage(cfg)))
 
     def evaluate():
-        from model.engine import load_engine
+        from model.lm.engine import load_engine
         from training.evaluate import evaluate as run_eval
         from training.evaluate import limit_per_task, write_report
         from training.qa import load_records
@@ -205,9 +205,9 @@ def caveat_of(cfg: ShipConfig, verdict: str) -> str:
 
 
 def install(trained: Path, out: Path, caveat: str) -> Path:
-    """Copy a trained checkpoint to `out` (the engine's default when it is under model/shipped/),
+    """Copy a trained checkpoint to `out` (the engine's default when it is under model/lm/shipped/),
     with the caveat written into its header. The weights are the evaluated ones, unchanged."""
-    from model.checkpoints import load_checkpoint, save_checkpoint
+    from model.lm.checkpoints import load_checkpoint, save_checkpoint
 
     model, header = load_checkpoint(trained)
     out.parent.mkdir(parents=True, exist_ok=True)

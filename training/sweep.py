@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from model.engine import load_engine
+from model.lm.engine import load_engine
 from training.features import encoder_fingerprint, read_features
 from training.qa import load_records
 from training.ship import ShipConfig, lm_stage

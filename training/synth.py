@@ -15,8 +15,8 @@ same soundfont.
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -28,7 +28,7 @@ import soundfile as sf
 import soxr
 from pydantic import BaseModel, Field
 
-from model.pitch_names import key_name, root_names
+from model.dsp.pitch_names import key_name, root_names
 
 SAMPLE_RATE = 44100
 GENERATOR_VERSION = 3  # bump when the same seed would render different music; cached sets are re-rendered

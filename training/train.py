@@ -36,7 +36,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from model.config import EOS_ID, PAD_ID, TinyMUConfig, preset
 from model.errors import InputError
-from model.tinymu import TinyMU, build_model
+from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig, preset
+from model.lm.network import TinyMU, build_model
 from training.features import encode_clips
 
 MODES = ("full", "lora", "projector")
@@ -263,13 +263,13 @@ def trainable_state(model: TinyMU) -> dict[str, torch.Tensor]:
 def build_for_training(cfg: TrainConfig) -> TinyMU:
     """The model to train: from --init (a checkpoint in our format) or a preset; LoRA added for mode lora."""
     if cfg.init:
-        from model.checkpoints import load_checkpoint
+        from model.lm.checkpoints import load_checkpoint
 
         model, _ = load_checkpoint(cfg.init)
     else:
         model = build_model(preset(cfg.preset))
     if cfg.mode == "lora" and not model.cfg.lora_rank:
-        from model.tinymu import add_lora
+        from model.lm.network import add_lora
 
         torch.manual_seed(cfg.seed)
         add_lora(model.lm, cfg.lora_rank, cfg.lora_alpha, model.cfg.lora_targets)
@@ -357,7 +357,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or resume) one training run; returns a summary dict (also written to <out>/summary.json)."""
     from accelerate import Accelerator
 
-    from model.smollm2 import load_tokenizer
+    from model.lm.smollm2 import load_tokenizer
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -507,7 +507,7 @@ def train(cfg: TrainConfig) -> dict:
     if accelerator.is_main_process:
         if (out / "best.safetensors").is_file():
             core.load_state_dict(load_file(str(out / "best.safetensors")), strict=False)
-        from model.checkpoints import save_checkpoint
+        from model.lm.checkpoints import save_checkpoint
 
         save_checkpoint(core, out / "tinymu.safetensors", trained=True,
                         notes=f"training.train mode={cfg.mode} steps={step} best_val_loss={best:.4f}")

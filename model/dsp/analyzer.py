@@ -26,7 +26,8 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from model.audio import MADMOM_RATE, AudioClip
-from model.dsp_results import (
+from model.dsp.pitch_names import key_name, pitch_class, respell_chord, root_names
+from model.dsp.results import (
     BeatsResult,
     ChordSegment,
     ChordsResult,
@@ -36,7 +37,6 @@ from model.dsp_results import (
     TempoCandidate,
     TempoResult,
 )
-from model.pitch_names import key_name, pitch_class, respell_chord, root_names
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
 ANALYSIS_VERSION = "dsp-2"

@@ -1,6 +1,6 @@
 """Routing accuracy of `agent_tools.router.route` on the labelled question set.
 
-`training/router_questions.jsonl` holds questions written by hand (plain,
+`training/bench/router_questions.jsonl` holds questions written by hand (plain,
 paraphrased, casual, with typos, mixed), each labelled with the backends that
 should answer it: DSP `tempo`, `key`, `chords`, `beats` (beats/downbeats/meter)
 and/or `model` (TinyMU). A question counts as correct only when the routed set

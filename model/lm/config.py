@@ -20,8 +20,10 @@ PAD_ID = 17  # "!"; the reference pads prompts and targets with it
 
 @dataclass
 class EncoderConfig:
-    """MATPAC++ audio encoder: log-mel front end + ViT on 16x16 patches."""
+    """The audio encoder. `kind` picks the network (`model.lm.encoder.build_encoder`); the
+    default, MATPAC++, is a log-mel front end + ViT on 16x16 patches."""
 
+    kind: str = "matpac"
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -82,7 +84,7 @@ class TinyMUConfig:
     projector_hidden: int = 2048
     lm_weights: str = "smollm2-gguf"
     # The encoder and projector start from this seed, so an encoder kept frozen at its
-    # random start can be regenerated instead of shipped (see model.checkpoints).
+    # random start can be regenerated instead of shipped (see model.lm.checkpoints).
     init_seed: int | None = 0
     # Low-rank adapters on the decoder (off in the reference recipe; rank 0 = off).
     lora_rank: int = 0

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from model.config import EOS_ID, PAD_ID, TinyMUConfig
-from model.encoder import MatpacEncoder
+from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig
+from model.lm.encoder import build_encoder
 
 
 class Projector(nn.Module):
@@ -114,7 +114,7 @@ class TinyMU(nn.Module):
         with torch.random.fork_rng(devices=[]):
             if cfg.init_seed is not None:
                 torch.manual_seed(cfg.init_seed)
-            self.encoder = MatpacEncoder(cfg.encoder)
+            self.encoder = build_encoder(cfg.encoder)
             self.projector = Projector(cfg.encoder.output_dim, cfg.projector_hidden, cfg.lm.hidden_size,
                                        cfg.projector_context_classes, cfg.projector_context_width)
         self.lm = lm if lm is not None else LlamaForCausalLM(lm_config(cfg))
@@ -241,17 +241,17 @@ def build_model(cfg: TinyMUConfig, quantize: str | None = None) -> TinyMU:
     initialised encoder and projector (load a checkpoint on top for trained weights).
 
     `quantize="int8"` (CPU inference): the decoder's Linear layers become int8 weights
-    (model.quantize; LoRA layers stay float). Decoder weights in a local safetensors folder
+    (model.lm.quantize; LoRA layers stay float). Decoder weights in a local safetensors folder
     are quantised while they load, so the float32 decoder never exists whole: this is what
     keeps the int8 engine's peak memory ~0.5 GB below the float32 one's."""
     if quantize not in (None, "int8"):
         raise ValueError(f"unknown quantize={quantize!r}; use 'int8' or None")
-    from model.quantize import can_stream, load_int8_decoder, quantize_int8
+    from model.lm.quantize import can_stream, load_int8_decoder, quantize_int8
 
     if cfg.lm_weights == "random":
         lm = None
     else:
-        from model import smollm2
+        from model.lm import smollm2
 
         source = smollm2.resolve(cfg.lm_weights)
         if quantize and can_stream(source):

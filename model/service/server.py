@@ -21,72 +21,30 @@ arrive within `batch_window_ms`) and run as one batched generation.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
-import os
 import secrets
-from typing import Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 
-from model.engine import CAPTION_PROMPT, Choice, ModelInfo, MusicLM
 from model.errors import BackendError, InputError
+from model.lm.engine import CAPTION_PROMPT, Choice, ModelInfo, MusicLM
+from model.service.protocol import (
+    DEFAULT_MAX_AUDIO_BYTES,
+    DEFAULT_PORT,
+    AnswerRequest,
+    AudioRequest,
+    CaptionRequest,
+    ChooseRequest,
+    EmbedResponse,
+    TextResponse,
+    decode_audio,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 8765
-DEFAULT_MAX_AUDIO_BYTES = 16 * 1024 * 1024  # float32 samples: about 4 minutes at 16 kHz
-
-
-class AudioRequest(BaseModel):
-    audio_b64: str = Field(description="base64 of little-endian float32 mono samples at 16 kHz")
-
-
-class AnswerRequest(AudioRequest):
-    question: str
-    max_new_tokens: int = Field(64, ge=1, le=512)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-
-
-class CaptionRequest(AudioRequest):
-    max_new_tokens: int = Field(96, ge=1, le=512)
-
-
-class ChooseRequest(AudioRequest):
-    question: str
-    options: list[str] = Field(min_length=2, max_length=8)
-    method: Literal["loglik", "generate"] = "loglik"
-
-
-class TextResponse(BaseModel):
-    text: str
-    trained: bool
-
-
-class EmbedResponse(BaseModel):
-    embedding: list[float]
-
-
-def encode_audio(audio: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(audio, dtype="<f4").tobytes()).decode("ascii")
-
-
-def decode_audio(text: str) -> np.ndarray:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError("audio_b64 is not valid base64") from exc
-    if len(raw) % 4:
-        raise InputError("audio_b64 must hold float32 samples (a multiple of 4 bytes)")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
 
 class MicroBatcher:
     """Groups concurrent generation requests with the same settings into one batched call."""
@@ -208,17 +166,16 @@ def create_app(engine: MusicLM, *, token: str | None = None, max_audio_bytes: in
 
 
 def serve_model(checkpoint: str | None = None, device: str = "auto", host: str = "127.0.0.1",
-                port: int = DEFAULT_PORT, token_env: str = "TINYMU_TOKEN", batch_window_ms: float = 10.0,
+                port: int = DEFAULT_PORT, token: str | None = None, batch_window_ms: float = 10.0,
                 max_batch: int = 8, quantize: str | None = None) -> None:
     """Load the model once and serve it until interrupted."""
     import uvicorn
 
-    from model.engine import load_engine
+    from model.lm.engine import load_engine
 
-    token = os.environ.get(token_env) or None
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"refusing to serve on {host} without a token: set the environment variable "
-                         f"{token_env} (clients send it as TINYMU_TOKEN)")
+        raise ValueError(f"refusing to serve on {host} without a token: set TINYMU_TOKEN "
+                         "(clients send it as their TINYMU_TOKEN)")
     engine = load_engine(checkpoint, device=device, quantize=quantize)
     info = engine.info()
     log.info("TinyMU on %s (%s, trained=%s)", info.device, info.checkpoint or "untrained default", info.trained)

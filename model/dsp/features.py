@@ -16,7 +16,7 @@ comparable across clips:
 - `chroma`: mean 12-bin pitch-class profile (C..B), the harmonic colour used for
   similarity search.
 
-Tempo, key and mode come from the madmom analysis (`model.dsp`); genre, mood and
+Tempo, key and mode come from the madmom analysis (`model.dsp.analyzer`); genre, mood and
 instrument tags from the music-language model (`model_tags`), flagged when its
 weights are untrained.
 """
@@ -32,7 +32,7 @@ import pyloudnorm
 from pydantic import BaseModel, Field
 
 from model.audio import AudioClip
-from model.dsp_results import KeyResult, TempoResult
+from model.dsp.results import KeyResult, TempoResult
 
 FEATURE_RATE = 22050
 HOP = 512  # onset envelope frames of 23 ms

@@ -1,6 +1,6 @@
 """Every benchmark behind one command: `python -m training.bench NAME [options]`.
 
-Each benchmark lives in its own module `training/bench_NAME.py` and exposes
+Each benchmark lives in its own module `training/bench/NAME.py` and exposes
 `main`: either `main(argv: list[str] | None)` parsing its own options, or a
 function with typer-style keyword options. Adding a module adds a subcommand.
 """
@@ -19,9 +19,9 @@ def available() -> dict[str, str]:
     folder = Path(__file__).parent
     found = {}
     for info in pkgutil.iter_modules([str(folder)]):
-        if info.name.startswith("bench_"):
+        if not info.name.startswith("_"):
             doc = (folder / f"{info.name}.py").read_text().split('"""')
-            found[info.name[len("bench_"):]] = doc[1].strip().splitlines()[0] if len(doc) > 1 else ""
+            found[info.name] = doc[1].strip().splitlines()[0] if len(doc) > 1 else ""
     return dict(sorted(found.items()))
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, line in names.items():
             print(f"  {name:<10} {line}")
         raise SystemExit(0 if not args or args[0] in ("-h", "--help") else 2)
-    module = importlib.import_module(f"training.bench_{args[0]}")
+    module = importlib.import_module(f"training.bench.{args[0]}")
     entry = module.main
     params = inspect.signature(entry).parameters
     if "argv" in params:

@@ -27,14 +27,23 @@ CACHE_SUBDIR = "smollm2-135m-instruct-from-gguf"
 _convert_lock = threading.Lock()
 
 
-def cache_dir() -> Path:
-    """Where converted weights live: $TINYMU_WEIGHTS_DIR, else the user cache directory.
+_weights_dir: Path | None = None
 
-    Kept apart from the result cache ($TINYMU_CACHE_DIR) so that pointing results at a
-    scratch folder never costs a second GGUF conversion.
+
+def use_weights_dir(folder: Path | None) -> None:
+    """Keep converted weights in `folder` (None: the user cache). Front ends call this from
+    their settings (TINYMU_WEIGHTS_DIR); the default suits everyone else."""
+    global _weights_dir
+    _weights_dir = Path(folder).expanduser() if folder else None
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: the folder given to `use_weights_dir`, else the user cache.
+
+    Kept apart from the result cache so that pointing results at a scratch folder never
+    costs a second GGUF conversion.
     """
-    override = os.environ.get("TINYMU_WEIGHTS_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("tinymu")) / "weights"
+    return _weights_dir or Path(platformdirs.user_cache_dir("tinymu")) / "weights"
 
 
 def find_gguf() -> Path:

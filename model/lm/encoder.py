@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import EncoderConfig
+from model.lm.config import EncoderConfig
 
 
 class LogMel(nn.Module):
@@ -30,7 +30,7 @@ class LogMel(nn.Module):
         mel_fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
                                      fmin=cfg.f_min, fmax=cfg.f_max, htk=False, norm="slaney")
         # Not persistent: both are functions of the config. The official checkpoint's
-        # copies are checked and loaded by model.checkpoints.
+        # copies are checked and loaded by model.lm.checkpoints.
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(mel_fb.astype(np.float32)), persistent=False)
         self.log_offset = torch.finfo(torch.float32).eps
@@ -178,3 +178,16 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+# Audio encoders by `EncoderConfig.kind`. An encoder maps 16 kHz waveforms [B, samples] to
+# tokens [B, T, cfg.output_dim]; adding one is a class here and a line in this table.
+ENCODERS: dict[str, type[nn.Module]] = {"matpac": MatpacEncoder}
+
+
+def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The audio encoder `cfg.kind` names."""
+    try:
+        return ENCODERS[cfg.kind](cfg)
+    except KeyError:
+        raise ValueError(f"unknown audio encoder {cfg.kind!r}; known: {', '.join(ENCODERS)}") from None

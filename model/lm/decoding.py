@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from model.config import EOS_ID, PAD_ID
-from model.tinymu import Batch, TinyMU
+from model.lm.config import EOS_ID, PAD_ID
+from model.lm.network import Batch, TinyMU
 
 # The reference targets end with token 0; the Instruct SmolLM2 ends turns with <|im_end|> (2).
 STOP_IDS = (EOS_ID, 2)

@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 
 from model import errors
-from model.engine import DEFAULT_MAX_AUDIO_S, Choice, ModelInfo, check_audio
 from model.errors import InputError, ModelServiceError
-from model.service import encode_audio
+from model.lm.engine import DEFAULT_MAX_AUDIO_S, Choice, ModelInfo, check_audio
+from model.service.protocol import encode_audio
 
 RETRY_STATUS = {502, 503, 504}
 

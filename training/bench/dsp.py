@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from model.audio import load_audio
-from model.dsp import MusicAnalyzer
-from model.pitch_names import NEUTRAL as PITCH_CLASSES
+from model.dsp.analyzer import MusicAnalyzer
+from model.dsp.pitch_names import NEUTRAL as PITCH_CLASSES
 from training.synth import SongLabels, generate_set
 
 TARGETS = {
@@ -47,7 +47,7 @@ TIME_ROWS = ["tempo", "beats + downbeats", "key", "chords", "full analyze", "cac
 
 def run_ours(paths: list[Path], cache_dir: Path) -> tuple[list[dict], dict]:
     from agent_tools.cache import ResultCache
-    from model.dsp_results import ClipAnalysis
+    from model.dsp.results import ClipAnalysis
 
     analyzer = MusicAnalyzer()
     analyzer.warm_up()

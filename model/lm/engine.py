@@ -8,14 +8,13 @@ before calling (the agent tools take `offset_s`/`duration_s`). A model trained
 on 10 s clips still works on longer input, but its answers are most reliable
 on about 10 s.
 
-`load_model()` is what the tools call: the remote service when TINYMU_URL is set,
-else the embedded engine (see `load_engine` for which weights it picks).
+`get_engine()` is what the tools call for the embedded model (see `load_engine` for
+which weights it picks); `model.service.client` offers the same interface over HTTP.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -24,11 +23,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from model import decoding
-from model.config import preset
-from model.errors import (AudioTooShortError, InputError, InvalidSamplesError, ModelUnavailableError)
-from model.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
-from model.tinymu import TinyMU, build_model
+from model.errors import (
+    AudioTooShortError,
+    InputError,
+    InvalidSamplesError,
+    ModelUnavailableError,
+)
+from model.lm import decoding
+from model.lm.config import preset
+from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
+from model.lm.network import TinyMU, build_model
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,7 @@ class MusicLM:
         if quantize == "int8":
             if self.device.type != "cpu":
                 raise ValueError("int8 quantisation is a CPU option; CUDA runs in bfloat16")
-            from model.quantize import quantize_int8
+            from model.lm.quantize import quantize_int8
 
             quantize_int8(self.model.lm)  # the decoder: decoding speed is its weight traffic (no-op if loaded int8)
         elif quantize:
@@ -253,7 +257,7 @@ class MusicLM:
 def parameter_count(model: TinyMU) -> int:
     """Weights of the float model, also when its decoder was loaded as int8: an int8 Linear
     counts its matrix, except a lm_head tied to the input embedding (counted there)."""
-    from model.quantize import Int8WeightLinear
+    from model.lm.quantize import Int8WeightLinear
 
     count = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     for module in model.lm.modules():
@@ -264,7 +268,7 @@ def parameter_count(model: TinyMU) -> int:
 
 
 def shipped_checkpoint() -> Path | None:
-    """The checkpoint packaged under model/shipped/, if the training package put one there."""
+    """The checkpoint packaged under model/lm/shipped/, if the training package put one there."""
     files = sorted(CHECKPOINT_DIR.glob("*.safetensors"))
     return files[0] if files else None
 
@@ -275,12 +279,12 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
 
     `checkpoint`: a file in our format (.safetensors or a directory), an official
     `tinymu.pt`, or "preset:NAME" for an untrained model of a named size (e.g.
-    "preset:tiny" in tests). None: the shipped checkpoint under model/shipped/ if
+    "preset:tiny" in tests). None: the shipped checkpoint under model/lm/shipped/ if
     present, else SmolLM2 from the offline GGUF with an untrained official-size encoder
     and projector, reported as trained=False. `quantize="int8"` (CPU): int8 decoder weights,
-    about 2x faster decoding at near-identical outputs (see model.quantize); they are quantised
+    about 2x faster decoding at near-identical outputs (see model.lm.quantize); they are quantised
     while the base decoder loads, so the int8 engine also peaks ~0.3 GB lower in memory."""
-    from model import checkpoints, smollm2
+    from model.lm import checkpoints, smollm2
 
     # int8 decoders are quantised while loading (lower peak memory); MusicLM checks the setting.
     load_quantized = "int8" if quantize == "int8" else None
@@ -312,35 +316,20 @@ _engines: dict[tuple, MusicLM] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(checkpoint: str | None = None, device: str = "auto", quantize: str | None = None) -> MusicLM:
-    """The process-wide engine for these settings, loaded on first use."""
+def get_engine(checkpoint: str | None = None, device: str = "auto", quantize: str | None = "auto",
+               threads: int | None = None) -> MusicLM:
+    """The process-wide engine for these settings, loaded on first use. `quantize="auto"`:
+    int8 decoder weights on a CPU (see `default_quantize`); `threads`: torch CPU threads
+    (1 is faster than the core count when other processes keep the cores busy)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if quantize == "auto":
+        quantize = default_quantize(device)
     key = (checkpoint, device, quantize)
     with _engines_lock:
         if key not in _engines:
             _engines[key] = load_engine(checkpoint, device, quantize=quantize)
         return _engines[key]
-
-
-def load_model() -> MusicModel:
-    """The model the tools use: the remote service when TINYMU_URL is set (token from
-    TINYMU_TOKEN, timeout from TINYMU_TIMEOUT_S), else the embedded engine: checkpoint from
-    TINYMU_CHECKPOINT (else the default of `load_engine`), TINYMU_DEVICE (auto), TINYMU_QUANTIZE
-    ("auto": int8 decoder weights on a CPU, see `default_quantize`; "int8"; "none") and TINYMU_THREADS (torch CPU threads; 1 is faster than
-    the core count when other processes keep the cores busy)."""
-    url = os.environ.get("TINYMU_URL")
-    if url:
-        from model.client import RemoteMusicLM
-
-        return RemoteMusicLM(url, token=os.environ.get("TINYMU_TOKEN"),
-                             timeout_s=float(os.environ.get("TINYMU_TIMEOUT_S", "60")))
-    if os.environ.get("TINYMU_THREADS"):
-        torch.set_num_threads(int(os.environ["TINYMU_THREADS"]))
-    device = os.environ.get("TINYMU_DEVICE", "auto")
-    quantize = os.environ.get("TINYMU_QUANTIZE", "auto").lower()
-    if quantize == "auto":
-        quantize = default_quantize(device)
-    return get_engine(os.environ.get("TINYMU_CHECKPOINT") or None, device,
-                      None if quantize in (None, "", "none") else quantize)
 
 
 def default_quantize(device: str) -> str | None:

@@ -32,9 +32,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from model.config import TinyMUConfig
 from model.errors import InputError
-from model.tinymu import TinyMU, build_model
+from model.lm.config import TinyMUConfig
+from model.lm.network import TinyMU, build_model
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def _base_lm_state(source: str) -> dict[str, torch.Tensor]:
-    from model import smollm2
+    from model.lm import smollm2
 
     folder = Path(smollm2.resolve(source))
     files = sorted(folder.glob("*.safetensors"))
@@ -182,11 +182,11 @@ def _encoder_digest(encoder: torch.nn.Module) -> str:
 
 
 def _seeded_encoder_state(cfg: TinyMUConfig) -> dict[str, torch.Tensor]:
-    from model.encoder import MatpacEncoder
+    from model.lm.encoder import build_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return {"encoder." + k: v for k, v in MatpacEncoder(cfg.encoder).state_dict().items()}
+        return {"encoder." + k: v for k, v in build_encoder(cfg.encoder).state_dict().items()}
 
 
 def save_checkpoint(model: TinyMU, path: str | Path, *, trained: bool, delta_over_base: bool = True,

@@ -56,9 +56,9 @@ def peak_rss_mb() -> float:
 
 def run(seconds_list=(10.0, 30.0), new_tokens: int = 32, reference_tokens: int = 8, repeats: int = 3,
         checkpoint: str = "preset:official", int8: bool = True) -> dict:
-    from model import decoding
-    from model.engine import load_engine
-    from model.muchomusic import build_prompt
+    from model.lm import decoding
+    from model.lm.engine import load_engine
+    from model.lm.muchomusic import build_prompt
 
     begin = time.perf_counter()
     engine = load_engine(checkpoint, device="cpu")
@@ -126,7 +126,7 @@ MEMORY_SETTINGS = {"float32": None, "int8": "int8"}  # table label -> load_engin
 
 def memory_probe(checkpoint: str | None, quantize: str | None) -> dict:
     """The memory scenario in this process: the peak RSS after loading, and after answering."""
-    from model.engine import load_engine
+    from model.lm.engine import load_engine
 
     begin = time.perf_counter()
     engine = load_engine(checkpoint, device="cpu", quantize=quantize)
@@ -143,7 +143,7 @@ def run_memory(checkpoint: str | None, runs: int, threads: int) -> dict:
     never goes down, so measuring two settings in one process would show the larger."""
     results = {"checkpoint": checkpoint or "default", "runs": runs, "settings": {}}
     for label, quantize in MEMORY_SETTINGS.items():
-        command = [sys.executable, "-m", "training.bench_model", "--probe", quantize or "none",
+        command = [sys.executable, "-m", "training.bench.model", "--probe", quantize or "none",
                    "--threads", str(threads)] + (["--checkpoint", checkpoint] if checkpoint else [])
         probes = []
         for _ in range(runs):
