@@ -37,7 +37,7 @@ from training.labels import ClipLabels, chord_loop, chord_symbol
 
 # Free music in Debian main: Planet Blupi's soundtrack, Wesnoth's orchestral score, Frets on Fire rock songs.
 DEFAULT_PACKAGES = ("planetblupi-music-ogg", "wesnoth-1.16-music", "fretsonfire-songs-muldjord")
-AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3", ".oga")
+AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")
 # Frets on Fire ships isolated instrument stems beside each mix ("song.ogg"); only the mix is music to label.
 STEM_TRACKS = {"guitar", "rhythm", "drums", "bass", "preview"}
 # Below these confidences a reading is left out rather than taught to the model.

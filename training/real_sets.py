@@ -1,0 +1,121 @@
+"""Real recordings from Debian packages, split by source before any training or tuning.
+
+The shipped model learned our generator, not music; the only honest test is music
+it never heard, from sources it never trained on. So the split is by whole
+package and fixed here, in code, before anything is trained or tuned on it:
+
+- held out (evaluation only, never trained or tuned on): `HELD_OUT`
+- train-eligible: `TRAIN`
+
+Labels are what we can stand behind: the genre a whole package is known to be
+(source-level facts, the one label a listener would not dispute), and the DSP
+readings our tools measure confidently (tempo class, mode; `training.augment`).
+Everything else stays unknown, so no question is asked about it.
+
+    python -m training.real_sets build --split heldout --out .cache/real-heldout
+    python -m training.evaluate --checkpoint model/lm/shipped/tinymu-small.safetensors \\
+        --data .cache/real-heldout --conditions audio,silence,noise --tasks multiple_choice
+
+The audio is not ours: it is fetched in this set-up step (`apt-get download`,
+never installed) into the given folder and never committed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import typer
+
+from training.augment import augment_recordings, fetch_debian_music
+from training.labels import ClipLabels
+
+
+@dataclass(frozen=True)
+class Source:
+    package: str
+    style: str | None  # the genre every recording of the package is known to be; None: not sure
+    clips_per_file: int = 3
+
+
+# Fixed on 2026-12-04 before any training on real music. Never move a package between
+# the two lists to improve a number: add new packages instead.
+HELD_OUT = (
+    Source("fretsonfire-songs-sectoid", "rock"),  # 4 rock/metal songs (Sectoid), mixes only
+    Source("wesnoth-1.16-music", "orchestral", clips_per_file=2),  # 41 orchestral game-score tracks
+    Source("singularity-music", "electronic"),  # 16 electronic/ambient tracks
+)
+TRAIN = (
+    Source("fretsonfire-songs-muldjord", "rock"),  # 4 rock/metal songs (Muldjord)
+    Source("planetblupi-music-ogg", None),  # 10 light game tunes rendered from MIDI: genre not clear-cut
+    Source("warzone2100-music", None),  # mixed soundtrack (.opus): genre not clear-cut
+)
+SPLITS = {"heldout": HELD_OUT, "train": TRAIN}
+EXTRA_STYLE_DISTRACTORS = ("jazz", "folk", "reggae")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-recording sets split by source.")
+
+
+@app.callback()
+def _commands() -> None:
+    """Real-recording sets split by source."""
+
+
+def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int = 0, seed: int = 0) -> list[ClipLabels]:
+    """Fetch the split's packages, cut and label clips, add source-level genres, write QA records.
+
+    Writes OUT/labels_real.jsonl, OUT/test.jsonl (multiple choice and yes/no questions) and the clips
+    under OUT/audio/real/."""
+    labels: list[ClipLabels] = []
+    for source in SPLITS[split]:
+        files = [f for f in fetch_debian_music(music_dir, [source.package]) if source.package in f.parts]
+        files = files[: limit_files or None]
+        clips = augment_recordings(files, out_dir / source.package, per_file=source.clips_per_file, seed=seed,
+                                   dataset=source.package)
+        # Clips live under OUT/<package>/audio/real/; records name them relative to OUT.
+        labels += [replace(c, file_name=f"{source.package}/{c.file_name}", style=source.style) for c in clips]
+    with (out_dir / "labels_real.jsonl").open("w") as handle:
+        for clip in labels:
+            handle.write(json.dumps(clip.to_json()) + "\n")
+    write_questions(labels, out_dir, seed=seed)
+    return labels
+
+
+def write_questions(labels: list[ClipLabels], out_dir: Path, *, seed: int = 0) -> int:
+    """Multiple-choice, yes/no and open questions about the clips, as OUT/test.jsonl."""
+    from training.qa import ValuePools, generate_qa, write_jsonl
+
+    # Three genres leave too few wrong options for a four-way question: add genres that none of
+    # these sources is, so every genre question has one right answer among four.
+    pools = ValuePools.from_labels(labels)
+    pools.values.setdefault("style", Counter()).update(EXTRA_STYLE_DISTRACTORS)
+    records = generate_qa(labels, seed=seed, tasks=("multiple_choice", "binary", "open_qa"), pools=pools)
+    return write_jsonl(records, out_dir / "test.jsonl")
+
+
+@app.command()
+def questions(data: Path = typer.Option(..., help="a folder made by `build`"), seed: int = typer.Option(0)) -> None:
+    """Rewrite DATA/test.jsonl from DATA/labels_real.jsonl (no fetching or analysis)."""
+    labels = [ClipLabels.from_json(json.loads(line)) for line in (data / "labels_real.jsonl").open()]
+    typer.echo(f"{write_questions(labels, data, seed=seed)} questions about {len(labels)} clips")
+
+
+@app.command()
+def build(split: str = typer.Option("heldout", help="heldout or train"),
+          out: Path = typer.Option(..., help="output folder: clips, labels, QA records (test.jsonl)"),
+          music: Path = typer.Option(Path(".cache/debian"), help="where Debian packages are unpacked"),
+          limit_files: int = typer.Option(0, help="at most this many recordings per package (0: all)"),
+          seed: int = typer.Option(0)) -> None:
+    """Build the real-recording set of SPLIT (fetches the packages if needed)."""
+    if split not in SPLITS:
+        raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    labels = build_split(split, out, music, limit_files=limit_files, seed=seed)
+    known = {f: sum(getattr(c, f) is not None for c in labels) for f in ("style", "tempo_bpm", "mode", "meter")}
+    typer.echo(f"{len(labels)} clips from {len(SPLITS[split])} packages; known labels: {known}")
+
+
+if __name__ == "__main__":
+    app()
