@@ -30,3 +30,42 @@ def test_three_genres_still_give_four_option_genre_questions(tmp_path):
         truth = options[record["meta"]["answer"]]
         assert truth == record["target_text"].lower() and truth in {"rock", "orchestral", "electronic"}
         assert {"rock", "orchestral", "electronic"} <= set(options)  # the real genres compete with each other
+
+
+def test_real_clips_join_the_training_split_with_labels_beside_them(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from training.pretrain_encoder import label_targets, read_clip_labels
+
+    data, real = tmp_path / "data", tmp_path / "real"
+    (data / "audio" / "train").mkdir(parents=True)
+    (real / "pkg" / "audio" / "real").mkdir(parents=True)
+    synthetic = [ClipLabels(file_name=f"audio/train/s{i}.wav", style=style, mode="major", tempo_bpm=100.0,
+                            instruments=("Acoustic Grand Piano",), families=("piano",), lead_instrument="Acoustic Grand Piano",
+                            lead_family="piano", has_drums=False, energy="low")
+                 for i, style in enumerate(("waltz", "pop", "bossa nova", "rock"))]
+    for split, labels in (("train", synthetic), ("val", synthetic[:1]), ("test", synthetic[1:2])):
+        (data / f"labels_{split}.jsonl").write_text("".join(json.dumps(c.to_json()) + "\n" for c in labels))
+    for clip in synthetic:
+        sf.write(data / clip.file_name, np.zeros(1600, "float32"), 16000)
+        (data / clip.file_name).with_suffix(".json").write_text(json.dumps(clip.to_json()))
+    sf.write(real / "pkg" / "audio" / "real" / "song-0.wav", np.zeros(1600, "float32"), 16000)
+    heard = ClipLabels(file_name="pkg/audio/real/song-0.wav", dataset="pkg", style="orchestral", mode="minor")
+    (real / "labels_real.jsonl").write_text(json.dumps(heard.to_json()) + "\n")
+
+    from training.real_sets import add_to_dataset
+
+    assert add_to_dataset(real, data) == 1
+    records = [json.loads(line) for line in (data / "train.jsonl").open()]
+    about_real = [r for r in records if "real-" in r["file_name"]]
+    assert about_real and all((data / r["file_name"]).is_file() for r in about_real)
+    genre = [r for r in about_real if r["task"] == "multiple_choice" and r["meta"]["attribute"] == "style"]
+    assert genre and genre[0]["target_text"] == "orchestral"
+    # Nothing is asked about what a real clip's labels do not say (its instruments).
+    assert not [r for r in about_real if "instrument" in r["meta"]["attribute"]]
+    # The encoder's warm-up reads the label beside the clip and learns nothing about its unknown families.
+    files = sorted((data / "audio" / "train").glob("*.wav"))
+    targets, _ = label_targets(read_clip_labels(files))
+    real_row = [i for i, f in enumerate(files) if f.name.startswith("real-")][0]
+    assert (targets["family"][real_row] == -1).all() and (targets["family"][:real_row] >= 0).all()

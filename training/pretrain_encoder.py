@@ -207,7 +207,9 @@ def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], di
         return values.index(value) if value in values else -1
 
     targets = {
-        "family": torch.tensor([[float(f in (l.families or ())) for f in GM_FAMILIES] for l in labels]),
+        # A clip whose instruments are unknown (a real recording) gets -1 rows: no family loss.
+        "family": torch.tensor([[float(f in l.families) if l.families is not None else -1.0 for f in GM_FAMILIES]
+                                for l in labels]),
         "lead_family": torch.tensor([index(GM_FAMILIES, l.lead_family) for l in labels]),
         "lead_instrument": torch.tensor([index(leads, l.lead_instrument) for l in labels]),
         "mode": torch.tensor([index(MODES, l.mode) for l in labels]),
@@ -247,7 +249,9 @@ class LabelHeads(nn.Module):
         for task, head in self.heads.items():
             logits, y = head(features), targets[task]
             if task == "family":
-                total = total + F.binary_cross_entropy_with_logits(logits, y)
+                known = y[:, 0] >= 0
+                if known.any():
+                    total = total + F.binary_cross_entropy_with_logits(logits[known], y[known])
             elif (y >= 0).any():
                 total = total + F.cross_entropy(logits[y >= 0], y[y >= 0])
         return total
@@ -258,7 +262,9 @@ class LabelHeads(nn.Module):
         for task, head in self.heads.items():
             logits, y = head(features), targets[task]
             if task == "family":
-                scores[task] = float(((logits > 0).float() == y).float().mean())
+                known = y[:, 0] >= 0
+                if known.any():
+                    scores[task] = float(((logits[known] > 0).float() == y[known]).float().mean())
             elif (y >= 0).any():
                 scores[task] = float((logits.argmax(-1)[y >= 0] == y[y >= 0]).float().mean())
         return scores

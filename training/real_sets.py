@@ -23,13 +23,15 @@ never installed) into the given folder and never committed.
 from __future__ import annotations
 
 import json
+import shutil
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import typer
 
-from training.augment import augment_recordings, fetch_debian_music
+from training.augment import _audio_files, augment_recordings, fetch_debian_music
 from training.labels import ClipLabels
 
 
@@ -38,6 +40,8 @@ class Source:
     package: str
     style: str | None  # the genre every recording of the package is known to be; None: not sure
     clips_per_file: int = 3
+    music_under: str = ""  # only recordings whose path contains this (game packages hold sound effects too)
+    archive: str = ""  # a zip (e.g. a Quake .pk3) inside the package that holds the music
 
 
 # Fixed on 2026-12-04 before any training on real music. Never move a package between
@@ -48,9 +52,9 @@ HELD_OUT = (
     Source("singularity-music", "electronic"),  # 16 electronic/ambient tracks
 )
 TRAIN = (
-    Source("fretsonfire-songs-muldjord", "rock"),  # 4 rock/metal songs (Muldjord)
-    Source("planetblupi-music-ogg", None),  # 10 light game tunes rendered from MIDI: genre not clear-cut
-    Source("warzone2100-music", None),  # mixed soundtrack (.opus): genre not clear-cut
+    Source("fretsonfire-songs-muldjord", "rock", clips_per_file=8),  # 4 rock/metal songs (Muldjord)
+    Source("widelands-data", "orchestral", clips_per_file=2, music_under="/data/music/"),  # orchestral game score
+    Source("nexuiz-music", "electronic", archive="music.pk3"),  # electronic game soundtrack (in a .pk3 zip)
 )
 SPLITS = {"heldout": HELD_OUT, "train": TRAIN}
 EXTRA_STYLE_DISTRACTORS = ("jazz",)  # one genre none of the sources is, so three genres make four options
@@ -70,8 +74,7 @@ def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int 
     under OUT/audio/real/."""
     labels: list[ClipLabels] = []
     for source in SPLITS[split]:
-        files = [f for f in fetch_debian_music(music_dir, [source.package]) if source.package in f.parts]
-        files = files[: limit_files or None]
+        files = recordings_of(source, music_dir)[: limit_files or None]
         clips = augment_recordings(files, out_dir / source.package, per_file=source.clips_per_file, seed=seed,
                                    dataset=source.package)
         # Clips live under OUT/<package>/audio/real/; records name them relative to OUT.
@@ -81,6 +84,52 @@ def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int 
             handle.write(json.dumps(clip.to_json()) + "\n")
     write_questions(labels, out_dir, seed=seed)
     return labels
+
+
+def recordings_of(source: Source, music_dir: Path) -> list[Path]:
+    """The music files of one source, fetched (and unzipped) on first use."""
+    package_dir = music_dir / source.package
+    if source.archive:
+        unpacked = package_dir / "unpacked"
+        if not unpacked.is_dir():
+            if not package_dir.is_dir():
+                fetch_debian_music(music_dir, [source.package])
+            for archive in package_dir.rglob(source.archive):
+                with zipfile.ZipFile(archive) as bundle:
+                    bundle.extractall(unpacked)
+        files = sorted(_audio_files([unpacked]))
+    else:
+        files = [f for f in fetch_debian_music(music_dir, [source.package]) if source.package in f.parts]
+    return [f for f in files if source.music_under in f.as_posix()]
+
+
+def add_to_dataset(real_dir: Path, data_dir: Path, *, seed: int = 0) -> int:
+    """Add the labelled real clips of `real_dir` (made by `build --split train`) to the training
+    split of a synthetic data set, and rewrite its training questions over both.
+
+    Each clip gets a label file beside it, as the synthetic clips have (the encoder's warm-up
+    reads them). Returns the number of real clips added."""
+    from training.dataset import SPLIT_SEED_OFFSET, read_labels
+    from training.qa import ValuePools, generate_qa, write_jsonl
+
+    real = [ClipLabels.from_json(json.loads(line)) for line in (real_dir / "labels_real.jsonl").open()]
+    target = data_dir / "audio" / "train"
+    added = []
+    for clip in real:
+        source = real_dir / clip.file_name
+        name = "real-" + clip.file_name.replace("/audio/real/", "-").replace("/", "-")
+        if not (target / name).exists():
+            shutil.copyfile(source, target / name)
+        added.append(replace(clip, file_name=f"audio/train/{name}"))
+        (target / name).with_suffix(".json").write_text(json.dumps(clip.to_json()))
+    synthetic = [c for c in read_labels(data_dir, "train") if not Path(c.file_name).name.startswith("real-")]
+    labels = synthetic + added
+    pools = ValuePools.from_labels(labels + read_labels(data_dir, "val") + read_labels(data_dir, "test"))
+    write_jsonl(generate_qa(labels, seed=seed + SPLIT_SEED_OFFSET["train"], pools=pools), data_dir / "train.jsonl")
+    with (data_dir / "labels_train.jsonl").open("w") as handle:
+        for clip in labels:
+            handle.write(json.dumps(clip.to_json()) + "\n")
+    return len(added)
 
 
 def write_questions(labels: list[ClipLabels], out_dir: Path, *, seed: int = 0) -> int:
