@@ -1,0 +1,28 @@
+"""The fact check of free-form answers: what a text states, and whether it is true of a clip."""
+
+from training.factcheck import FactCount, is_yes_no, stated_facts, verdict
+from training.labels import ClipLabels
+
+CLIP = ClipLabels(file_name="a.wav", style="orchestral", tempo_bpm=70.0, key_tonic="D", mode="minor", has_drums=False)
+
+
+def test_facts_are_read_from_a_caption():
+    facts = stated_facts("A slow orchestral piece in D minor, without drums.")
+    assert ("style", "orchestral") in facts and ("tempo_class", "slow") in facts
+    assert ("key", "D minor") in facts and ("drums", "no") in facts
+    assert ("mode", "minor") not in facts  # the key already says it
+
+
+def test_each_fact_is_scored_against_the_labels():
+    count = FactCount()
+    for attribute, value in stated_facts("Fast rock in F# major with drums, played on a piano."):
+        count.add(attribute, verdict(attribute, value, CLIP))
+    assert (count.true, count.false) == (0, 4)
+    assert verdict("style", "classical", CLIP) is None or verdict("style", "orchestral", CLIP) is True
+    assert verdict("tempo_class", "slow", ClipLabels(file_name="b.wav")) is None  # unknown: not counted
+
+
+def test_yes_no_replies_are_recognised():
+    assert is_yes_no("No, that's not right.") and is_yes_no("Yes, definitely.") and is_yes_no("No.")
+    assert not is_yes_no("Yes, there are drums and a bright brass section playing the melody.")
+    assert not is_yes_no("An orchestral piece.")

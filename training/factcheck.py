@@ -1,0 +1,151 @@
+"""Check the facts a free-form answer states against a clip's labels.
+
+A caption or an answer in words is only useful if what it says is true. This module
+reads the checkable facts out of a text (genre, tempo class, major/minor, key, drums)
+and scores each against the clip's `ClipLabels`: true, false, or unverifiable (the
+labels do not say). It also counts yes/no replies to what/which questions, the
+failure of a model trained on multiple choice and yes/no only.
+
+    python -m training.factcheck --checkpoint CKPT --data .cache/real-heldout --clips 100
+
+asks every clip for a caption and two what-questions, and prints the share of stated
+facts that are true and the share of yes/no replies.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from training.labels import MODES, PITCH_CLASSES, ClipLabels, pitch_class
+
+GENRES = ("orchestral", "electronic", "rock", "jazz", "pop", "punk", "ballad", "chamber", "funk", "march", "bossa",
+          "reggae", "house", "hiphop", "hip hop", "country", "waltz", "folk", "classical", "metal", "techno")
+# Genres that name the same music at the coarse level our labels have.
+SAME_GENRE = {"metal": "rock", "punk": "rock", "classical": "orchestral", "chamber": "orchestral",
+              "techno": "electronic", "house": "electronic", "hip hop": "hiphop"}
+TEMPO_WORDS = {"slow": "slow", "medium": "medium", "moderate": "medium", "fast": "fast", "quick": "fast",
+               "brisk": "fast"}
+WHAT_QUESTIONS = ("What genre is this music?", "What instruments can you hear?", "How would you describe the mood?")
+KEY_PATTERN = re.compile(r"\b([A-G])\s?([#b♯♭]?)\s+(major|minor)\b")
+
+
+@dataclass
+class FactCount:
+    true: int = 0
+    false: int = 0
+    unverifiable: int = 0
+    by_attribute: dict[str, list[int]] = field(default_factory=dict)  # attribute -> [true, false]
+
+    def add(self, attribute: str, verdict: bool | None) -> None:
+        if verdict is None:
+            self.unverifiable += 1
+            return
+        self.true += verdict
+        self.false += not verdict
+        counts = self.by_attribute.setdefault(attribute, [0, 0])
+        counts[0 if verdict else 1] += 1
+
+    @property
+    def share_true(self) -> float | None:
+        checked = self.true + self.false
+        return self.true / checked if checked else None
+
+
+def stated_facts(text: str) -> list[tuple[str, str]]:
+    """(attribute, value) pairs a text asserts; negated drums ("no drums", "without drums") count as drums=no."""
+    lowered = text.lower()
+    facts: list[tuple[str, str]] = []
+    for genre in GENRES:
+        if re.search(rf"\b{genre}\b", lowered):
+            facts.append(("style", SAME_GENRE.get(genre, genre)))
+    for word, tempo in TEMPO_WORDS.items():
+        if re.search(rf"\b{word}\b", lowered):
+            facts.append(("tempo_class", tempo))
+    keys = KEY_PATTERN.findall(text)
+    for letter, accidental, mode in keys:
+        facts.append(("key", f"{PITCH_CLASSES[pitch_class(letter + accidental.replace('♯', '#').replace('♭', 'b'))]} {mode}"))
+    if not keys:
+        facts += [("mode", mode) for mode in MODES if re.search(rf"\b{mode}\b", lowered)]
+    if re.search(r"\b(no|without)\s+(a\s+)?drums?\b|\bdrumless\b", lowered):
+        facts.append(("drums", "no"))
+    elif re.search(r"\bdrums?\b|\bdrum kit\b", lowered):
+        facts.append(("drums", "yes"))
+    return facts
+
+
+def verdict(attribute: str, value: str, clip: ClipLabels) -> bool | None:
+    """Whether a stated fact is true of the clip; None when its labels do not say."""
+    if attribute == "style":
+        if clip.style is None:
+            return None
+        return SAME_GENRE.get(clip.style, clip.style).replace("_", " ").split()[-1] == value.split()[-1] \
+            or clip.style == value
+    if attribute == "tempo_class":
+        return None if clip.tempo_class is None else clip.tempo_class == value
+    if attribute == "key":
+        return None if clip.key is None else clip.key == value
+    if attribute == "mode":
+        return None if clip.mode is None else clip.mode == value
+    if attribute == "drums":
+        return None if clip.has_drums is None else clip.has_drums == (value == "yes")
+    return None
+
+
+def is_yes_no(text: str) -> bool:
+    """A reply that is only a yes/no phrase ("No, that's not right.", "Yes, definitely.")."""
+    return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
+
+
+def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0) -> dict:
+    from training.dataset import load_clip
+
+    counts, replies, yes_no, examples = FactCount(), 0, 0, []
+    rng = random.Random(seed)
+    for clip in clips:
+        audio = load_clip(root / clip.file_name)
+        caption = engine.caption(audio).strip()
+        answers = [engine.answer(audio, question).strip() for question in WHAT_QUESTIONS]
+        for text in [caption, *answers]:
+            for attribute, value in stated_facts(text):
+                counts.add(attribute, verdict(attribute, value, clip))
+        replies += len(answers) + 1
+        yes_no += sum(is_yes_no(text) for text in [caption, *answers])
+        examples.append({"file": clip.file_name, "labels": {"style": clip.style, "tempo_class": clip.tempo_class,
+                                                              "key": clip.key}, "caption": caption,
+                         "answers": dict(zip(WHAT_QUESTIONS, answers))})
+    rng.shuffle(examples)
+    return {"clips": len(clips), "facts_true": counts.true, "facts_false": counts.false,
+            "facts_unverifiable": counts.unverifiable, "share_true": counts.share_true,
+            "by_attribute": counts.by_attribute, "replies": replies, "yes_no_replies": yes_no,
+            "share_yes_no": yes_no / replies if replies else None, "examples": examples[:10]}
+
+
+def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
+         data: Path = typer.Option(..., help="a folder with labels_real.jsonl (training.real_sets build)"),
+         clips: int = typer.Option(100, help="how many clips (spread over the set)"),
+         out: Path = typer.Option(None, help="where to write the JSON report (default: DATA/factcheck.json)"),
+         seed: int = typer.Option(0)) -> None:
+    """Caption and what-questions for held-out clips; share of stated facts that are true, yes/no replies."""
+    from model.lm.engine import load_engine
+
+    labels = [ClipLabels.from_json(json.loads(line)) for line in (data / "labels_real.jsonl").open()]
+    chosen = labels[:: max(1, len(labels) // clips)][:clips]
+    report = check(load_engine(checkpoint), chosen, data, seed=seed)
+    report["checkpoint"] = checkpoint
+    target = out or data / "factcheck.json"
+    target.write_text(json.dumps(report, indent=1))
+    share = report["share_true"]
+    typer.echo(f"{report['clips']} clips: {report['facts_true']} of {report['facts_true'] + report['facts_false']} "
+               f"checkable facts true ({'-' if share is None else f'{100 * share:.1f} %'}), "
+               f"{report['facts_unverifiable']} unverifiable; yes/no replies {report['yes_no_replies']} of "
+               f"{report['replies']}; wrote {target}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
