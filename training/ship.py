@@ -182,7 +182,8 @@ def ship(cfg: ShipConfig) -> dict:
         from training.qa import load_records
 
         heldout = Path(cfg.real_heldout)
-        records = limit_per_task(load_records(heldout / "test.jsonl"), cfg.real_eval_limit)
+        records = [r for r in load_records(heldout / "test.jsonl") if r.task in cfg.eval_tasks.split(",")]
+        records = limit_per_task(records, cfg.real_eval_limit)
         engine = load_engine(str(run_dir / "tinymu.safetensors"))
         write_report(run_eval(engine, records, heldout, conditions=["audio", "silence", "noise"], seed=cfg.seed),
                      real_eval_dir)
