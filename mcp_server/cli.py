@@ -135,6 +135,11 @@ def rebinding_protection(host: str, extra_hosts: list[str]):
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        import importlib.metadata
+
+        print(f"tinymu-mcp {importlib.metadata.version('tinymu-agent-tools')}")
+        return
     typer.run(serve)
 
 

