@@ -6,15 +6,23 @@ URI hits the same entry, and a code change that alters results
 (`model.dsp.ANALYSIS_VERSION`) never serves stale answers. Entries live in an
 in-memory LRU and as JSON files under `<cache_dir>/<sha256[:2]>/<sha256>/`,
 which also lets a server list everything known about one recording.
+
+The disk is a convenience, never a reason to fail a call: the directory is
+checked when the cache is made (an unusable one leaves the cache memory-only,
+with `warning` saying why), a failed write is logged and its temp file removed,
+and an entry whose checksum does not match its result (damaged or edited) is a
+miss, recomputed and overwritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +34,9 @@ from model.dsp.analyzer import ANALYSIS_VERSION
 
 Model = TypeVar("Model", bound=BaseModel)
 
+log = logging.getLogger("tinymu.cache")
+STALE_TEMP_S = 3600  # temp files older than this are leftovers of a crashed or failed write
+
 
 class CachedEntry(BaseModel):
     """One stored analysis of a recording."""
@@ -34,6 +45,15 @@ class CachedEntry(BaseModel):
     params: dict
     version: str
     result: dict
+    checksum: str | None = None  # sha256 of the result's canonical JSON; entries without one are not trusted
+
+    @staticmethod
+    def digest(result: dict) -> str:
+        return hashlib.sha256(json.dumps(result, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def intact(self) -> bool:
+        return self.checksum is not None and self.checksum == self.digest(self.result)
 
 
 class ResultCache:
@@ -43,6 +63,9 @@ class ResultCache:
         self.directory = Path(directory).expanduser() if directory is not None else None
         self.max_items = max_items
         self.version = version
+        self.warning: str | None = None  # why the cache is memory-only although a directory was given
+        if self.directory is not None:
+            self._check_directory()
         # key -> (sha256, CachedEntry metadata label, result); the label lets `analyses` list memory-only entries
         self._memory: OrderedDict[str, tuple[str, str, BaseModel]] = OrderedDict()
         self._lock = threading.Lock()
@@ -63,6 +86,9 @@ class ResultCache:
             return None
         try:
             entry = CachedEntry.model_validate_json(path.read_text())
+            if not entry.intact:
+                log.warning("cache entry %s does not match its checksum; recomputing it", path)
+                return None
             value = model_cls.model_validate(entry.result)
         except (OSError, ValueError):
             return None  # a damaged or outdated file is a miss; it is overwritten on the next put
@@ -75,12 +101,26 @@ class ResultCache:
         path = self._path(kind, sha256, key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entry = CachedEntry(kind=kind, params=params or {}, version=self.version, result=value.model_dump(mode="json"))
-        # Write then rename, so a concurrent reader never sees half a file.
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            tmp.write(entry.model_dump_json())
-        os.replace(tmp.name, path)
+        result = value.model_dump(mode="json")
+        entry = CachedEntry(kind=kind, params=params or {}, version=self.version, result=result,
+                            checksum=CachedEntry.digest(result))
+        self._write(path, entry.model_dump_json())
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write then rename, so a concurrent reader never sees half a file; a failure (read-only, full
+        disk) is logged and cleaned up, never raised: the result is still in memory and returned."""
+        tmp_name = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+                tmp_name = tmp.name
+                tmp.write(text)
+            os.replace(tmp_name, path)
+        except OSError as exc:
+            log.warning("could not store a cache entry in %s (%s); the result is kept in memory only",
+                        path.parent, exc)
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
 
     def get_or_compute(
         self, kind: str, sha256: str, params: dict | None, model_cls: type[Model], compute: Callable[[], Model]
@@ -104,7 +144,7 @@ class ResultCache:
                 entry = CachedEntry.model_validate_json(path.read_text())
             except (OSError, ValueError):
                 continue
-            if entry.version == self.version:
+            if entry.version == self.version and entry.intact:
                 found.append(entry)
         return found
 
@@ -123,6 +163,31 @@ class ResultCache:
     def clear_memory(self) -> None:
         with self._lock:
             self._memory.clear()
+
+    def _check_directory(self) -> None:
+        """Make sure entries can be written; otherwise say why and keep results in memory only."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.directory, suffix=".tmp") as probe:
+                probe.write("probe")
+                probe.flush()
+        except OSError as exc:
+            self.warning = (f"the cache directory {self.directory} is not usable ({exc.strerror or exc}); results are "
+                            "cached in memory only. Set TINYMU_CACHE_DIR (or --cache-dir) to a writable folder.")
+            log.warning(self.warning)
+            self.directory = None
+            return
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files left by writes that died half-way (older than an hour, so no live write is touched)."""
+        cutoff = time.time() - STALE_TEMP_S
+        for tmp in self.directory.glob("*/*/*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def _remember(self, key: str, sha256: str, label: str, value: BaseModel) -> None:
         with self._lock:

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     max_audio_mb: float = Field(100.0, gt=0, description="Largest audio file, MB.")
     max_duration_s: float = Field(20 * 60.0, gt=0, description="Longest window analysed, seconds.")
     min_duration_s: float = Field(1.0, gt=0, description="Shortest window analysed, seconds.")
+    max_call_memory_mb: float = Field(768.0, gt=0, description="Memory one call's audio may cost (decoding plus "
+                                                               "madmom's analysis, estimated from the file header "
+                                                               "before decoding), MB; the server's peak is about "
+                                                               "its baseline plus max_concurrency times this.")
 
     # -- where results go, how much runs at once
     cache_dir: Path = Field(default_factory=_default_cache_dir,
@@ -124,7 +128,14 @@ class Settings(BaseSettings):
     @property
     def audio_limits(self) -> AudioLimits:
         return AudioLimits(max_bytes=int(self.max_audio_mb * MiB), max_duration_s=self.max_duration_s,
-                           min_duration_s=self.min_duration_s)
+                           min_duration_s=self.min_duration_s, max_memory_bytes=int(self.max_call_memory_mb * MiB))
+
+    @property
+    def http_body_bytes(self) -> int:
+        """The largest HTTP request body the MCP server accepts: a data: URI of max_data_uri_bytes
+        (base64 is 4/3 of the bytes) plus room for the rest of the request, so the advertised
+        inline-audio limit is the real one."""
+        return self.max_data_uri_bytes * 4 // 3 + MiB
 
     @property
     def quantize_weights(self) -> str | None:

@@ -4,7 +4,11 @@ Three forms are accepted:
 
 - a file path: absolute, or relative to the first configured root. Symlinks and
   `..` are resolved first and the real file must lie under an allowed root, so a
-  link inside a root that points elsewhere is refused;
+  link inside a root that points elsewhere is refused. The file is then opened
+  once, component by component from the root's descriptor with O_NOFOLLOW, and
+  checked with fstat on the opened descriptor; the audio is read from that
+  descriptor only, so swapping a folder for a symlink between the check and the
+  read cannot redirect the read outside the root;
 - an `https://` URL, only when the settings allow URLs. Every connection (the
   first request and each redirect) is checked at connect time: the host name is
   resolved and the connection is made only to the vetted IP address, refusing
@@ -20,10 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import ipaddress
+import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -32,27 +40,41 @@ import httpx
 from agent_tools.config import Settings
 from model.errors import (
     AccessDeniedError,
+    AudioNotFoundError,
     AudioTooLargeError,
     InputError,
+    NotAFileError,
     UnsupportedAudioError,
 )
 
 # NAT64 (RFC 6052) embeds an IPv4 address in the last 32 bits of 64:ff9b::/96.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Longest `audio` string taken as a path (Linux PATH_MAX); anything longer is a mistake, e.g. base64 without "data:".
+MAX_PATH_CHARS = 4096
 
 
 @dataclass(frozen=True)
 class ResolvedAudio:
     """Where the audio of one tool call comes from.
 
-    `source` is a vetted `Path` or the downloaded/decoded bytes; `origin` is
+    `source` is the vetted real `Path` or the downloaded/decoded bytes; `origin` is
     "file", "url" or "data"; `label` names it in results (a path, a URL, or
-    "data URI (N bytes)").
+    "data URI (N bytes)"). For a file, `file` is the descriptor opened under the
+    root: read the audio from `readable` (never by the path again), then `close()`.
     """
 
     source: Path | bytes
     origin: str
     label: str
+    file: BinaryIO | None = None
+
+    @property
+    def readable(self) -> BinaryIO | bytes | Path:
+        return self.file if self.file is not None else self.source
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def resolve_audio(audio: str, settings: Settings) -> ResolvedAudio:
@@ -68,7 +90,13 @@ def resolve_audio(audio: str, settings: Settings) -> ResolvedAudio:
         return _decode_data_uri(audio, settings)
     if "://" in audio:
         return _download(audio, settings)
-    return ResolvedAudio(source=resolve_path(audio, settings), origin="file", label=audio)
+    if len(audio) > MAX_PATH_CHARS:
+        raise InputError(
+            f"audio is {len(audio)} characters long, too long for a file path (at most {MAX_PATH_CHARS}). "
+            "Send audio bytes as data:audio/<format>;base64,<data>, or pass a file path."
+        )
+    real, opened = open_under_roots(audio, settings)
+    return ResolvedAudio(source=real, origin="file", label=audio, file=opened)
 
 
 # --- local files -----------------------------------------------------------------
@@ -81,18 +109,95 @@ def resolve_path(path: str | Path, settings: Settings) -> Path:
     on the fully resolved path (symlinks followed, `..` removed), before anything
     is revealed about whether the file exists.
     """
+    real, _ = _resolve_under_roots(path, settings)
+    return real
+
+
+def _resolve_under_roots(path: str | Path, settings: Settings) -> tuple[Path, Path]:
+    """(the real path, the root it lies under), or the refusal that says why not."""
+    if "\0" in str(path):
+        raise InputError(f"{str(path)!r}: a path cannot contain a NUL byte; pass the file's real path.")
     roots = settings.allowed_roots()
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
-    real = candidate.resolve(strict=False)
-    if not any(real.is_relative_to(root) for root in roots):
-        raise AccessDeniedError(
-            f"{path}: outside the folders this server may read. Allowed roots are: "
-            f"{', '.join(str(r) for r in roots)}. Pass a file under one of them (symlinks and '..' are "
-            "resolved before this check), send the audio as a data: URI, or restart the server with --roots."
-        )
-    return real
+    try:
+        real = candidate.resolve(strict=False)
+    except RuntimeError as exc:  # Python 3.11 reports a symlink loop this way
+        raise InputError(f"{path}: a symbolic link loop ({exc}); pass the path of a real file.") from None
+    except OSError as exc:
+        raise _os_refusal(path, exc) from None
+    for root in roots:
+        if real.is_relative_to(root):
+            return real, root
+    raise AccessDeniedError(
+        f"{path}: outside the folders this server may read. Allowed roots are: "
+        f"{', '.join(str(r) for r in roots)}. Pass a file under one of them (symlinks and '..' are "
+        "resolved before this check), send the audio as a data: URI, or restart the server with --roots."
+    )
+
+
+def open_under_roots(path: str | Path, settings: Settings) -> tuple[Path, BinaryIO]:
+    """Open the regular file `path` under an allowed root for reading, without a check-then-use race.
+
+    The path is resolved and checked as in `resolve_path`; then it is opened one component at
+    a time from the root's directory descriptor, each with O_NOFOLLOW, so a component that became
+    a symlink after the check makes the open fail instead of leaving the root. The opened
+    descriptor is checked with fstat (a regular file) and is the only thing read afterwards.
+    Returns the real path (for display) and the open file.
+    """
+    real, root = _resolve_under_roots(path, settings)
+    parts = real.relative_to(root).parts
+    if not parts:
+        raise NotAFileError(f"{path}: is a directory, not an audio file. Pass the path of one audio file.")
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = None
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for part in parts[:-1]:
+            parent, fd = fd, None
+            try:
+                fd = os.open(part, nofollow | os.O_DIRECTORY, dir_fd=parent)
+            finally:
+                os.close(parent)
+        parent, fd = fd, None
+        try:
+            # O_NONBLOCK: opening a FIFO must not hang the call; fstat refuses it right after.
+            fd = os.open(parts[-1], nofollow | os.O_NONBLOCK, dir_fd=parent)
+        finally:
+            os.close(parent)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAFileError(f"{path}: is a directory or special file, not an audio file. "
+                                "Pass the path of one audio file.")
+        os.set_blocking(fd, True)
+        opened = os.fdopen(fd, "rb")
+        fd = None
+        return real, opened
+    except OSError as exc:
+        raise _os_refusal(path, exc) from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _os_refusal(path: str | Path, exc: OSError) -> InputError:
+    """An operating-system error while opening a path, as a refusal that says what to change."""
+    if exc.errno == errno.ENOENT:
+        return AudioNotFoundError(f"{path}: no such file. Check the path (absolute, or relative to the first "
+                                  "allowed root).")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return AccessDeniedError(f"{path}: a part of the path is (or just became) a symbolic link or is not a "
+                                 "folder, so it is not opened. Pass the file's real path under an allowed root.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return InputError(f"{path}: a file or folder name in this path is too long for the file system "
+                          "(at most 255 bytes per name). Pass a shorter path.")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDeniedError(f"{path}: the server has no permission to read it. Make the file readable "
+                                 "by the server's user, or send it as a data: URI.")
+    if exc.errno == errno.EISDIR:
+        return NotAFileError(f"{path}: is a directory, not an audio file. Pass the path of one audio file.")
+    return InputError(f"{path}: cannot open it ({exc.strerror or exc}). Pass a readable audio file.")
 
 
 # --- data: URIs --------------------------------------------------------------------

@@ -18,11 +18,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, Strict
 
 from agent_tools.cache import ResultCache
 from agent_tools.config import Settings
@@ -63,6 +64,7 @@ from model.audio import MODEL_RATE, AudioClip, load_audio
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
+from model.lm.muchomusic import LETTERS
 
 # --- argument types shared by the tools (their descriptions reach the agent's LLM) ---
 
@@ -76,17 +78,35 @@ Audio = Annotated[
         )
     ),
 ]
+# Strict: a JSON number only (true is not 1.0, "5" is not 5); finite: Infinity, NaN and 1e400 are refused
+# by the schema; the bound keeps every window computation in ordinary integers.
+MAX_SECONDS = 1e7
 Offset = Annotated[
-    float, Field(ge=0, description="Start of the window to analyse, in seconds from the start of the file.")
+    float, Strict(), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                           description="Start of the window to analyse, in seconds from the start of the file.")
 ]
 Duration = Annotated[
-    float | None,
-    Field(gt=0, description="Length of the window in seconds; omit to analyse to the end. Use it for long files."),
+    Annotated[float, Strict()] | None,
+    Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False,
+          description="Length of the window in seconds; omit to analyse to the end. Use it for long files."),
 ]
-Question = Annotated[str, Field(min_length=1, description="A question about the music, in plain language.")]
+MAX_QUESTION_CHARS = 2000
+Question = Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS,
+                                description="A question about the music, in plain language.")]
+# The model labels options with LETTERS (A-H): the schema advertises exactly what it can score.
+MAX_OPTIONS = len(LETTERS)
 Options = Annotated[
-    list[str], Field(min_length=2, max_length=10, description="The answer options (2 to 10), in order.")
+    list[Annotated[str, Field(max_length=200)]],
+    Field(min_length=2, max_length=MAX_OPTIONS, description=f"The answer options (2 to {MAX_OPTIONS}), in order."),
 ]
+
+# Set by a front end for each call; set() means the caller gave up (the call timed out), so the call's
+# thread starts no more heavy work and gives its place in the queue for a compute slot to live calls.
+call_abandoned: ContextVar[threading.Event | None] = ContextVar("call_abandoned", default=None)
+
+
+class CallAbandonedError(BackendError):
+    """The call was abandoned by its caller (timed out) before its heavy work started."""
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -139,9 +159,11 @@ class MusicTools:
         self._analyzer = analyzer
         self._model = model
         self._model_lock = threading.Lock()
-        # Bounds the heavy work (madmom, the model) running at once. Only computation takes a slot:
-        # decoding and cache hits never queue behind long analyses.
+        # Bounds the heavy work (madmom, the model) running at once. Decoding has slots of its own (as
+        # many): it is bounded too, but a cache hit, which needs only the decoded hash, never queues
+        # behind a long analysis.
         self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
+        self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
 
     # --- shared plumbing -------------------------------------------------------------
 
@@ -161,8 +183,10 @@ class MusicTools:
                 if settings.model_url:
                     from model.service.client import RemoteMusicLM
 
+                    # Its own timeout, well inside the call's, so a hung service is reported as such and a
+                    # routed answer still has time to return its DSP part.
                     self._model = RemoteMusicLM(settings.model_url, token=settings.model_token,
-                                                timeout_s=min(settings.model_timeout_s, settings.call_timeout_s))
+                                                timeout_s=min(settings.model_timeout_s, settings.call_timeout_s / 2))
                 else:
                     from model.lm import smollm2
                     from model.lm.engine import get_engine
@@ -177,7 +201,13 @@ class MusicTools:
         report_progress(0, 3, "fetching audio")
         resolved = resolve_audio(audio, self.settings)
         report_progress(1, 3, "decoding audio")
-        clip = load_audio(resolved.source, offset_s=offset_s, duration_s=duration_s, limits=self.settings.audio_limits)
+        try:
+            with self._slot(self._decode_slots, "decoding"):
+                # From the descriptor opened under the root (never the path again), within the memory budget.
+                clip = load_audio(resolved.readable, offset_s=offset_s, duration_s=duration_s,
+                                  limits=self.settings.audio_limits, name=resolved.label)
+        finally:
+            resolved.close()
         if clip.is_silent:
             # The DSP would only report "nothing found"; telling the agent plainly lets it fix the call.
             raise InputError(
@@ -190,8 +220,23 @@ class MusicTools:
     @contextmanager
     def computing(self):
         """Hold one of the `max_concurrency` compute slots while doing heavy work (DSP, model inference)."""
-        with self._compute_slots:
+        with self._slot(self._compute_slots, "computing"):
             yield
+
+    @contextmanager
+    def _slot(self, slots: threading.BoundedSemaphore, what: str):
+        """Hold one of `slots`; while waiting, give up as soon as the call is abandoned (timed out), so
+        timed-out calls never take a slot a live call is waiting for."""
+        abandoned = call_abandoned.get()
+        while not slots.acquire(timeout=0.05):
+            if abandoned is not None and abandoned.is_set():
+                raise CallAbandonedError(f"the call was abandoned (timed out) before {what} started")
+        try:
+            if abandoned is not None and abandoned.is_set():
+                raise CallAbandonedError(f"the call was abandoned (timed out) before {what} started")
+            yield
+        finally:
+            slots.release()
 
     def _dsp(self, kind: str, clip: AudioClip) -> Callable:
         """How to compute DSP analysis `kind` of `clip`: in a worker process when configured, else here."""
@@ -344,7 +389,7 @@ class MusicTools:
         "Which mood fits best?"). Options are labelled A, B, C... in the order given.
         """
         if len({o.strip().lower() for o in options}) != len(options) or any(not o.strip() for o in options):
-            raise InputError("options must be non-empty and distinct; give 2 to 10 different answers.")
+            raise InputError(f"options must be non-empty and distinct; give 2 to {MAX_OPTIONS} different answers.")
         samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
         with self.computing():
             choice = model.choose(samples, question, options)

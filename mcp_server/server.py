@@ -36,7 +36,7 @@ from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 
 from agent_tools.config import Settings
 from agent_tools.context import progress_callback
-from agent_tools.tools import TOOL_SPECS, MusicTools
+from agent_tools.tools import TOOL_SPECS, MusicTools, call_abandoned
 from model.errors import BackendError, InputError
 
 log = logging.getLogger("tinymu.mcp")
@@ -76,6 +76,7 @@ class ToolRunner:
 
     async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None):
         finished = threading.Event()
+        abandoned = threading.Event()  # set on timeout: the worker thread starts no more heavy work
 
         def progress(done: float, total: float, message: str) -> None:
             if ctx is None or finished.is_set():
@@ -86,16 +87,18 @@ class ToolRunner:
                 log.debug("progress notification for %s dropped", name, exc_info=True)
 
         def job():
-            token = progress_callback.set(progress)
+            token, gave_up = progress_callback.set(progress), call_abandoned.set(abandoned)
             try:
                 return method(**kwargs)
             finally:
+                call_abandoned.reset(gave_up)
                 progress_callback.reset(token)
 
         try:
             with anyio.fail_after(self.timeout_s):
                 return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=self._threads)
         except TimeoutError:
+            abandoned.set()
             raise ToolError(
                 f"{name} did not finish within {self.timeout_s:g} s. Analyse a shorter window "
                 "(offset_s/duration_s), or call again: finished analyses are cached."
@@ -104,8 +107,20 @@ class ToolRunner:
             raise ToolError(str(exc)) from exc
         except BackendError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # The SDK would report only "Error executing tool X": say what failed, so the caller can change
+            # the call, and log the traceback for the operator.
+            log.exception("%s failed unexpectedly", name)
+            raise ToolError(unexpected_error_message(name, exc)) from exc
         finally:
             finished.set()
+
+
+def unexpected_error_message(name: str, exc: BaseException) -> str:
+    """A tool error for a failure no check anticipated: what failed, and what the caller can change."""
+    detail = str(exc).replace("\n", " ")[:300] or "no detail"
+    return (f"{name} failed unexpectedly ({type(exc).__name__}: {detail}). Check the arguments (the audio path "
+            "or data URI, offset_s and duration_s) or try another file; the server logged the details.")
 
 
 def with_image_content(result):

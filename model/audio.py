@@ -5,15 +5,23 @@ Everything downstream (madmom DSP at 44.1 kHz, TinyMU at 16 kHz) starts from
 optional offset/duration window, checks the caller's limits and hashes the
 decoded window so results can be cached by content. Every problem a caller can
 fix raises a typed `InputError` whose message says what to do instead.
+
+Memory is bounded before anything is decoded: the header's frame count and rate
+give the window's size, and a window whose decoding and analysis would exceed
+the caller's memory budget is refused. Decoding then runs in blocks, each block
+mixed to mono at once, so a many-channel file never exists whole in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +46,11 @@ MODEL_RATE = 16000  # TinyMU's encoder front end
 SILENCE_PEAK = 1e-4
 SILENCE_RMS_DBFS = -70.0
 
+# Measured (training.bench.reliability): madmom's processors hold about 11.5 MB per second of
+# 44.1 kHz audio at their peak (a 240 s window peaked 2.7 GB above a warm analyzer's baseline).
+ANALYSIS_BYTES_PER_SECOND = 12 * 1024 * 1024
+BLOCK_FRAMES = 1 << 16  # decoded per step: 64 Ki frames x channels x 4 bytes
+
 
 @dataclass(frozen=True)
 class AudioLimits:
@@ -46,6 +59,15 @@ class AudioLimits:
     max_bytes: int = 100 * 1024 * 1024
     max_duration_s: float = 20 * 60.0
     min_duration_s: float = 1.0
+    # Memory one decoded window may cost (see `window_memory_bytes`); None: no budget (offline tools).
+    max_memory_bytes: int | None = None
+
+
+def window_memory_bytes(frames: int, rate: int) -> int:
+    """What decoding and analysing `frames` frames at `rate` Hz costs: the mono window at its own rate,
+    its 44.1 kHz copy for madmom, and madmom's working memory (the largest part)."""
+    seconds = frames / rate
+    return int(frames * 4 + seconds * MADMOM_RATE * 4 + seconds * ANALYSIS_BYTES_PER_SECOND)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,25 +115,25 @@ class AudioClip:
 
 
 def load_audio(
-    source: str | Path | bytes,
+    source: str | Path | bytes | BinaryIO,
     *,
     offset_s: float = 0.0,
     duration_s: float | None = None,
     limits: AudioLimits = AudioLimits(),
+    name: str | None = None,
 ) -> AudioClip:
-    """Decode `source` (a file path, or the encoded bytes of a file) to a mono float32 clip.
+    """Decode `source` (a file path, the encoded bytes of a file, or an open binary file) to a mono
+    float32 clip.
 
     `offset_s`/`duration_s` select a window (seconds from the start; None means to the end).
-    Raises an `InputError` subclass for anything the caller can fix.
+    An open file is read from where it is and left open (the caller owns it); `name` labels
+    the source in error messages. Raises an `InputError` subclass for anything the caller can fix.
     """
-    if offset_s < 0 or (duration_s is not None and duration_s <= 0):
-        raise InputError(
-            f"offset_s must be >= 0 and duration_s > 0 (got offset_s={offset_s}, duration_s={duration_s})."
-        )
-    readable, name = _checked_source(source, limits)
+    _check_window_arguments(offset_s, duration_s)
+    readable, name = _checked_source(source, limits, name)
     try:
         with sf.SoundFile(readable) as f:
-            rate, total_frames = f.samplerate, f.frames
+            rate, total_frames, channels = f.samplerate, f.frames, f.channels
             source_duration = total_frames / rate
             start = int(round(offset_s * rate))
             if total_frames == 0:
@@ -126,8 +148,13 @@ def load_audio(
                 )
             wanted = total_frames - start if duration_s is None else min(int(round(duration_s * rate)), total_frames - start)
             _check_window_length(name, wanted / rate, source_duration, duration_s, limits)
+            _check_memory(name, wanted, rate, channels, limits)
             f.seek(start)
-            frames = f.read(wanted, dtype="float32", always_2d=True)
+            samples, decoded = np.empty(wanted, dtype=np.float32), 0
+            for block in f.blocks(blocksize=BLOCK_FRAMES, frames=wanted, dtype="float32", always_2d=True):
+                take = min(len(block), wanted - decoded)
+                samples[decoded:decoded + take] = block[:take, 0] if channels == 1 else block[:take].mean(axis=1)
+                decoded += take
     except sf.LibsndfileError as exc:
         raise UnsupportedAudioError(
             f"{name}: cannot decode this as audio ({exc.error_string}). Send a wav, flac, ogg or mp3 file "
@@ -138,8 +165,7 @@ def load_audio(
             raise
         raise UnsupportedAudioError(f"{name}: the audio is corrupt or truncated ({exc}).") from exc
 
-    mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)
-    samples = np.ascontiguousarray(mono, dtype=np.float32)
+    samples = samples[:decoded]
     if samples.size == 0 or samples.size < 0.5 * wanted:
         raise UnsupportedAudioError(
             f"{name}: the file claims {wanted / rate:.2f} s of audio but only {samples.size / rate:.2f} s could be "
@@ -165,11 +191,48 @@ def load_audio(
     )
 
 
-def _checked_source(source: str | Path | bytes, limits: AudioLimits) -> tuple[io.BytesIO | Path, str]:
+def _check_window_arguments(offset_s: float, duration_s: float | None) -> None:
+    """Finite, non-negative numbers only: inf, nan and booleans would otherwise fail deep inside."""
+    for label, value in (("offset_s", offset_s), ("duration_s", duration_s)):
+        if value is None and label == "duration_s":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{label} must be a finite number of seconds (got {value!r}).")
+    if offset_s < 0 or (duration_s is not None and duration_s <= 0):
+        raise InputError(
+            f"offset_s must be >= 0 and duration_s > 0 (got offset_s={offset_s}, duration_s={duration_s})."
+        )
+
+
+def _check_memory(name: str, frames: int, rate: int, channels: int, limits: AudioLimits) -> None:
+    """Refuse, from the header alone, a window whose decoding and analysis would exceed the budget."""
+    if limits.max_memory_bytes is None:
+        return
+    needed = window_memory_bytes(frames, rate)
+    if needed <= limits.max_memory_bytes:
+        return
+    per_second = window_memory_bytes(rate, rate)
+    fits_s = limits.max_memory_bytes / per_second
+    raise AudioTooLargeError(
+        f"{name}: analysing {frames / rate:.1f} s of this audio ({channels} channel(s) at {rate} Hz) needs about "
+        f"{needed / 2**20:.0f} MB, above this server's {limits.max_memory_bytes / 2**20:.0f} MB memory budget per "
+        f"call. Pass duration_s <= {math.floor(fits_s * 10) / 10:g} (with offset_s to pick the part), or send a "
+        "shorter excerpt."
+    )
+
+
+def _checked_source(
+    source: str | Path | bytes | BinaryIO, limits: AudioLimits, name: str | None = None
+) -> tuple[io.BytesIO | Path | BinaryIO, str]:
     """What soundfile should open for `source`, and a name for error messages, after size checks."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        readable, name = io.BytesIO(bytes(source)), "audio data"
+        readable, name = io.BytesIO(bytes(source)), name or "audio data"
         size = len(source)
+    elif hasattr(source, "read"):
+        readable, name = source, name or getattr(source, "name", "audio file")
+        size = os.fstat(source.fileno()).st_size if hasattr(source, "fileno") else None
+        if size is None:
+            size = source.seek(0, os.SEEK_END) - source.seek(0)
     else:
         path = Path(source).expanduser()
         name = str(path)
