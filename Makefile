@@ -8,6 +8,8 @@ STAMP   := $(VENV)/.installed
 SYSDEPS := .cache/.sysdeps
 NODEDEPS := .cache/node/.installed
 INSPECTOR_VERSION := 2.12.0
+MCPB_VERSION := 2.1.2
+MCPBDEPS := .cache/node/.mcpb-$(MCPB_VERSION)
 
 .PHONY: setup demo test bench clean
 
@@ -44,10 +46,15 @@ $(NODEDEPS):
 	cd .cache/node && npm install --silent --no-audit --no-fund @modelcontextprotocol/inspector@$(INSPECTOR_VERSION)
 	touch $@
 
+# The MCP bundle CLI, whose `mcpb validate` checks manifest.json (the Claude Desktop bundle) in the tests.
+$(MCPBDEPS): $(NODEDEPS)
+	cd .cache/node && npm install --silent --no-audit --no-fund @anthropic-ai/mcpb@$(MCPB_VERSION)
+	touch $@
+
 demo: setup
 	$(BIN)/tinymu demo
 
-test: setup $(NODEDEPS)
+test: setup $(NODEDEPS) $(MCPBDEPS)
 	$(BIN)/python -m pytest -q
 
 bench: setup
