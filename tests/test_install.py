@@ -81,8 +81,10 @@ def test_versions(installed):
     expected = version("tinymu-agent-tools")
     assert run([str(installed["bin"] / "tinymu"), "--version"], installed["cwd"], installed["env"]).strip() \
         == f"tinymu {expected}"
-    assert run([str(installed["bin"] / "tinymu-mcp"), "--version"], installed["cwd"], installed["env"]).strip() \
-        == f"tinymu-mcp {expected}"
+    # tinymu-agent-tools is what `uvx tinymu-agent-tools` (the MCP registry's launch) runs: the MCP server.
+    for script in ("tinymu-mcp", "tinymu-agent-tools"):
+        assert run([str(installed["bin"] / script), "--version"], installed["cwd"], installed["env"]).strip() \
+            == f"tinymu-mcp {expected}"
 
 
 def test_analyze_the_shipped_example_from_another_folder(installed):
