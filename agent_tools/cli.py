@@ -70,10 +70,15 @@ def example_clip(folder: Path) -> tuple[Path, dict]:
 
 def toolbox_for(audio: Path):
     """The same toolbox the MCP server and LangChain use, allowed to read the folder of `audio`."""
-    from agent_tools.config import Settings
+    from agent_tools.config import Settings, SettingsError
     from agent_tools.tools import MusicTools
 
-    return MusicTools(Settings.from_env().with_overrides(roots=(audio.resolve().parent,)))
+    try:
+        settings = Settings.from_env().with_overrides(roots=(audio.resolve().parent,))
+    except SettingsError as error:  # one line that names the variable, not a traceback
+        Console(stderr=True).print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    return MusicTools(settings)
 
 
 def analyze_file(audio: Path, offset: float = 0.0, duration: float | None = None) -> ClipAnalysis:

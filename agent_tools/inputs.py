@@ -189,6 +189,9 @@ def _os_refusal(path: str | Path, exc: OSError) -> InputError:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return AccessDeniedError(f"{path}: a part of the path is (or just became) a symbolic link or is not a "
                                  "folder, so it is not opened. Pass the file's real path under an allowed root.")
+    if exc.errno == errno.EINVAL:  # resolving raced with a symlink being swapped in or out
+        return AccessDeniedError(f"{path}: the path changed while it was being opened (a symbolic link appeared "
+                                 "or disappeared), so it is not read. Pass a path that is not being modified.")
     if exc.errno == errno.ENAMETOOLONG:
         return InputError(f"{path}: a file or folder name in this path is too long for the file system "
                           "(at most 255 bytes per name). Pass a shorter path.")

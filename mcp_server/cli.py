@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from agent_tools.config import Settings
+from agent_tools.config import Settings, SettingsError
 
 log = logging.getLogger("tinymu.mcp")
 
@@ -83,20 +83,26 @@ def serve(
     from mcp_server.server import build_server
 
     split_roots = tuple(Path(p) for root in roots or () for p in str(root).split(os.pathsep) if p)
-    settings = Settings.from_env().with_overrides(
-        roots=split_roots or None,
-        allow_urls=allow_urls or None,
-        cache_dir=cache_dir,
-        max_concurrency=max_concurrency,
-        call_timeout_s=call_timeout,
-        dsp_workers=dsp_workers,
-    )
+    try:
+        settings = Settings.from_env().with_overrides(
+            roots=split_roots or None,
+            allow_urls=allow_urls or None,
+            cache_dir=cache_dir,
+            max_concurrency=max_concurrency,
+            call_timeout_s=call_timeout,
+            dsp_workers=dsp_workers,
+        )
+    except SettingsError as error:  # one line that names the variable, not a traceback
+        typer.echo(f"tinymu-mcp: {error}", err=True)
+        raise typer.Exit(code=2) from None
     for root in settings.allowed_roots():
         if not root.is_dir():
             typer.echo(f"--roots: {root} is not a directory.", err=True)
             raise typer.Exit(code=2)
 
     server = build_server(settings, token=token if http else None, public_url=f"http://{host}:{port}")
+    if server.toolbox.cache.warning:
+        typer.echo(f"Warning: {server.toolbox.cache.warning}", err=True)
     # Load the madmom processors in the background so the first tool call does not pay for it
     # and the client's initialize handshake is answered at once.
     if settings.dsp_workers:
@@ -118,7 +124,10 @@ def serve(
             err=True,
         )
     typer.echo(f"TinyMU MCP server on http://{host}:{port}/mcp (auth: {'bearer token' if token else 'none'})", err=True)
-    server.run(transport="streamable-http", host=host, port=port, transport_security=security)
+    from mcp_server.http import serve_http
+
+    # Not server.run: this one takes its body limit from the settings and closes silent connections.
+    serve_http(server, settings, host=host, port=port, transport_security=security)
 
 
 def rebinding_protection(host: str, extra_hosts: list[str]):

@@ -49,7 +49,7 @@ SILENCE_RMS_DBFS = -70.0
 # Measured (training.bench.reliability): madmom's processors hold about 11.5 MB per second of
 # 44.1 kHz audio at their peak (a 240 s window peaked 2.7 GB above a warm analyzer's baseline).
 ANALYSIS_BYTES_PER_SECOND = 12 * 1024 * 1024
-BLOCK_FRAMES = 1 << 16  # decoded per step: 64 Ki frames x channels x 4 bytes
+BLOCK_FRAMES = 1 << 15  # decoded per step: 32 Ki frames x channels x 4 bytes
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,510 @@
+"""Issue 21: memory bombs, the roots race, failing caches, errors with reasons, honest contracts,
+model-service failures, timed-out work and settings, each with real parts (real files, real madmom,
+the real MCP SDK client, real HTTP servers and sockets)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+import soundfile as sf
+from mcp import Client
+
+from agent_tools.cache import ResultCache
+from agent_tools.config import Settings
+from agent_tools.tools import MAX_OPTIONS, MusicTools
+from mcp_server.server import ToolRunner, build_server
+from model.audio import AudioLimits, load_audio
+from model.dsp.results import TempoResult
+from model.errors import AudioTooLargeError, InputError, ModelServiceError
+from model.lm.muchomusic import LETTERS
+from model.service.client import RemoteMusicLM
+from training.synth import write_song
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+
+def silent_flac(path: Path, seconds: float, rate: int, channels: int) -> Path:
+    """A long silent recording that compresses to almost nothing: the shape of a decompression bomb."""
+    block = np.zeros((rate * 10, channels), dtype=np.int16)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    return path
+
+
+def data_uri(path: Path, media: str = "audio/flac") -> str:
+    return f"data:{media};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def peak_allocated(fn) -> tuple[object, int]:
+    """fn's result (or exception) and the peak bytes Python and numpy allocated while it ran."""
+    tracemalloc.start()
+    try:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - the caller inspects it
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hardening")
+    root, outside = base / "music", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    write_song(root, seed=5, duration_s=6.0, name="song", style="rock", tempo_bpm=120.0, key=(9, "minor"))
+    return {"root": root, "outside": outside, "song": root / "song.wav", "cache": base / "cache", "base": base}
+
+
+def settings_for(music, **changes) -> Settings:
+    values = dict(roots=(music["root"],), cache_dir=music["cache"], call_timeout_s=60.0, preload_model=False)
+    return Settings(**{**values, **changes})
+
+
+# --- 1. decompression bombs -------------------------------------------------------------
+
+
+def test_a_silent_bomb_is_refused_from_its_header_before_decoding(tmp_path, music):
+    # 5 minutes of 48 kHz stereo silence: a few kB of FLAC, 110 MB of float32 once decoded, and
+    # several GB inside madmom. The default budget refuses it before a sample is decoded.
+    bomb = silent_flac(tmp_path / "bomb.flac", 300, 48000, 2)
+    assert bomb.stat().st_size < 200_000
+    tools = MusicTools(settings_for(music))
+    error, peak = peak_allocated(lambda: tools.load(data_uri(bomb)))
+    assert isinstance(error, AudioTooLargeError), error
+    assert "memory budget" in str(error) and "duration_s <=" in str(error)
+    assert peak < 16 * MiB, f"{peak / MiB:.0f} MB allocated: the audio was decoded before the check"
+    # The window the message suggests fits, and is decoded.
+    fits = float(re.search(r"duration_s <= ([0-9.]+)", str(error)).group(1))
+    clip = load_audio(bomb, duration_s=fits, limits=tools.settings.audio_limits)
+    assert clip.duration_s == pytest.approx(fits, abs=0.01)
+
+
+def test_decoding_runs_in_blocks_so_channels_never_exist_whole(tmp_path):
+    rate, seconds, channels = 44100, 20, 8
+    rng = np.random.default_rng(1)
+    audio = rng.uniform(-0.5, 0.5, (rate * seconds, channels)).astype(np.float32)
+    path = tmp_path / "eight.wav"
+    sf.write(path, audio, rate, subtype="FLOAT")
+    del audio
+    clip, peak = peak_allocated(lambda: load_audio(path))
+    mono_bytes = rate * seconds * 4
+    # Reading all channels at once (the old way) allocates 8 x the mono window, plus the mix.
+    assert peak < 3 * mono_bytes, f"peak {peak / MiB:.1f} MB for a {mono_bytes / MiB:.1f} MB mono window"
+    reference = sf.read(path, dtype="float32")[0].mean(axis=1)
+    np.testing.assert_allclose(clip.samples, reference, atol=1e-6)
+
+
+def test_decoding_takes_a_bounded_slot(music):
+    # Decoding is counted: with every decode slot taken, a load waits; it proceeds once one frees.
+    tools = MusicTools(settings_for(music, max_concurrency=1))
+    done = threading.Event()
+    with tools._slot(tools._decode_slots, "decoding"):
+        worker = threading.Thread(target=lambda: (tools.load(str(music["song"])), done.set()))
+        worker.start()
+        assert not done.wait(0.5)
+    assert done.wait(10)
+
+
+# --- 2. the roots race -------------------------------------------------------------------
+
+
+def test_swapping_a_folder_for_a_symlink_never_leaks_the_outside_file(music):
+    root, outside = music["root"] / "race", music["outside"] / "race"
+    for folder, level in ((root, 0.25), (outside, 0.75)):
+        folder.mkdir()
+        sf.write(folder / "clip.wav", level * np.sin(np.linspace(0, 2000, 22050)), 22050, subtype="PCM_16")
+    tools = MusicTools(settings_for(music))
+    stop = threading.Event()
+    moved = music["root"] / "race_real"
+
+    def swap():
+        while not stop.is_set():
+            root.rename(moved)
+            root.symlink_to(outside)
+            root.unlink()
+            moved.rename(root)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    escapes = reads = refusals = 0
+    unexplained = []
+    deadline = time.monotonic() + 3.0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                clip, _ = tools.load(str(root / "clip.wav"))
+            except Exception as exc:  # refused or not found mid-swap: both fine, never a leak
+                refusals += 1
+                if not any(reason in str(exc) for reason in ("outside", "symbolic link", "no such file")):
+                    unexplained.append(repr(exc))
+                continue
+            reads += 1
+            escapes += clip.peak > 0.5
+    finally:
+        stop.set()
+        swapper.join()
+    assert escapes == 0, f"{escapes} of {reads} reads returned the file outside the root"
+    assert reads > 0 and reads + refusals > 50
+    assert not unexplained, unexplained[:3]
+
+
+def test_a_symlink_loop_a_nul_byte_and_overlong_names_are_refused_with_reasons(music):
+    tools = MusicTools(settings_for(music))
+    loop = music["root"] / "loop.wav"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    cases = {
+        str(loop): "symbolic link",
+        "song\0.wav": "NUL byte",
+        str(music["root"] / ("n" * 300 + ".wav")): "too long",
+        "x" * 1_000_000: "too long for a file path",
+    }
+    for audio, reason in cases.items():
+        with pytest.raises(Exception) as caught:
+            tools.load(audio)
+        assert reason in str(caught.value), (audio[:40], caught.value)
+
+
+# --- 4 + 5. no unexplained error, honest contracts (through the real MCP client) --------------
+
+
+class NotJSONService(BaseHTTPRequestHandler):
+    """A 'model service' that answers every request with an HTML page (a captive proxy, say)."""
+
+    def do_GET(self):
+        self._html()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self._html()
+
+    def _html(self):
+        body = b"<html><body>Please log in to the proxy</body></html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_json_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotJSONService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hung_url():
+    """A service that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_files(music):
+    root = music["root"]
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "notes.wav").write_text("not audio\n" * 50)
+    (bad / "corrupt.flac").write_bytes(b"fLaC" + os.urandom(2000))
+    (bad / "dir.wav").mkdir()
+    os.mkfifo(bad / "pipe.wav")
+    (bad / "escape.wav").symlink_to(music["outside"] / "anything.wav")
+    (bad / "loop.wav").symlink_to(bad / "loop.wav")
+    bomb = silent_flac(music["base"] / "bomb.flac", 300, 48000, 2)
+    # A valid file at a path over 1,024 characters (each name under the 255-byte limit).
+    deep = root
+    while len(str(deep)) < 1040:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    long_path = deep / "song.wav"
+    long_path.write_bytes(music["song"].read_bytes())
+    assert len(str(long_path)) > 1034
+    return {"bad": bad, "bomb": bomb, "long_path": long_path}
+
+
+def fuzzed_calls(music, files, count: int, seed: int = 21) -> list[tuple[str, dict]]:
+    """Tool calls whose arguments mix every kind of bad value the attack battery used."""
+    bad = files["bad"]
+    audios = [
+        "", "   ", "\0", "song\0.wav", "x" * 1_000_000, "n" * 300 + ".wav",
+        "/".join(["d" * 250] * 20) + "/a.wav", str(bad / "loop.wav"), str(bad / "dir.wav"),
+        str(bad / "pipe.wav"), str(bad / "missing.wav"), str(bad / "empty.wav"), str(bad / "notes.wav"),
+        str(bad / "corrupt.flac"), str(bad / "escape.wav"), str(music["outside"]), "../../../../etc/passwd",
+        "data:audio/wav;base64,!!!", "data:text/html;base64,PGh0bWw+", "data:audio/flac;base64," + "A" * 5000,
+        data_uri(files["bomb"]), "https://127.0.0.1/a.wav", "file:///etc/passwd", "ftp://x/y.wav",
+        str(music["song"]),
+    ]
+    numbers = [0.0, 1e308, float("inf"), float("-inf"), float("nan"), -1.0, True, False, "5", None, 10**30, [1]]
+    tools = ["analyze_clip", "estimate_tempo", "track_beats", "detect_key", "recognize_chords", "ask_about_music",
+             "describe_music", "choose_answer", "answer_music_question", "clip_attributes", "plot_clip"]
+    rng = random.Random(seed)
+    calls = []
+    for _ in range(count):
+        tool = rng.choice(tools)
+        args: dict = {"audio": rng.choice(audios)}
+        valid_audio = args["audio"] == str(music["song"])
+        if rng.random() < 0.6:
+            args["offset_s"] = rng.choice(numbers[1:] if valid_audio else numbers)
+        if rng.random() < 0.4:
+            args["duration_s"] = rng.choice(numbers[1:])
+        if tool in ("ask_about_music", "choose_answer", "answer_music_question"):
+            args["question"] = rng.choice(["What is the tempo and which instruments play?", "", "q" * 5000, 7])
+        if tool == "choose_answer":
+            args["options"] = rng.choice([["a", "b", "c", "d", "e", "f", "g", "h", "i"], ["a"], ["a", "a"],
+                                          ["x" * 1000, "y"], "a,b", ["piano", "guitar"]])
+        calls.append((tool, args))
+    return calls
+
+
+def is_unexplained(text: str) -> bool:
+    return bool(re.fullmatch(r"(Error executing tool \S+\s*)+", text.strip())) or len(text.strip()) < 25
+
+
+async def test_fuzzed_arguments_never_give_an_unexplained_error(music, fuzz_files, not_json_url):
+    settings = settings_for(music, model_url=not_json_url, max_data_uri_bytes=5 * MiB)
+    server = build_server(settings, tools=MusicTools(settings))
+    unexplained = []
+    async with Client(server) as client:
+        for tool, args in fuzzed_calls(music, fuzz_files, count=120):
+            result = await client.call_tool(tool, args)
+            text = " ".join(getattr(c, "text", "") for c in result.content)
+            if result.is_error and is_unexplained(text):
+                unexplained.append((tool, {k: str(v)[:40] for k, v in args.items()}, text))
+    assert not unexplained, unexplained[:5]
+
+
+async def test_contracts_match_what_the_tools_accept(music, fuzz_files, not_json_url):
+    settings = settings_for(music, model_url=not_json_url)
+    server = build_server(settings, tools=MusicTools(settings))
+    async with Client(server) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        options = tools["choose_answer"].input_schema["properties"]["options"]
+        assert options["maxItems"] == MAX_OPTIONS == len(LETTERS)  # the schema says what the model labels
+        too_many = await client.call_tool("choose_answer", {"audio": str(music["song"]), "question": "Which?",
+                                                            "options": [f"option {i}" for i in range(9)]})
+        assert too_many.is_error and f"at most {MAX_OPTIONS}" in too_many.content[0].text
+        # A boolean is not a number of seconds.
+        boolean = await client.call_tool("estimate_tempo", {"audio": str(music["song"]), "offset_s": True})
+        assert boolean.is_error and "valid number" in boolean.content[0].text
+        huge = await client.call_tool("estimate_tempo", {"audio": str(music["song"]), "offset_s": 1e308})
+        assert huge.is_error and "less than or equal to" in huge.content[0].text
+        # A valid file at a 1,034+ character path is read, not reported corrupt.
+        deep = await client.call_tool("estimate_tempo", {"audio": str(fuzz_files["long_path"])})
+        assert not deep.is_error, deep.content[0].text
+        assert deep.structured_content["tempo"]["bpm"] == pytest.approx(120, rel=0.05)
+        roots = json.loads((await client.read_resource("music://roots")).contents[0].text)
+    # The advertised inline-audio limit fits in the HTTP body the server accepts.
+    assert roots["max_data_uri_bytes"] * 4 / 3 < settings.http_body_bytes
+
+
+def test_non_finite_windows_are_refused_with_a_reason(music):
+    for window in (dict(offset_s=float("inf")), dict(offset_s=float("nan")), dict(duration_s=float("inf")),
+                   dict(offset_s=True)):
+        with pytest.raises(InputError, match="finite number of seconds"):
+            load_audio(music["song"], **window)
+
+
+# --- 6. the model service: non-JSON answers, hung services ----------------------------------
+
+
+def test_a_hung_model_service_fails_at_its_own_timeout_with_a_clear_message(hung_url):
+    client = RemoteMusicLM(hung_url, timeout_s=1.0, retries=0)
+    started = time.monotonic()
+    with pytest.raises(ModelServiceError, match="TINYMU_MODEL_TIMEOUT_S"):
+        client.info()
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("service", ["not_json_url", "hung_url"])
+async def test_routed_answers_keep_their_dsp_part_when_the_model_fails(music, service, request):
+    url = request.getfixturevalue(service)
+    settings = settings_for(music, model_url=url, model_timeout_s=1.0, call_timeout_s=60.0)
+    server = build_server(settings, tools=MusicTools(settings))
+    question = "What is the tempo and which instruments play?"
+    async with Client(server) as client:
+        started = time.monotonic()
+        routed = await client.call_tool("answer_music_question", {"audio": str(music["song"]), "question": question})
+        elapsed = time.monotonic() - started
+        asked = await client.call_tool("ask_about_music", {"audio": str(music["song"]), "question": question})
+    assert not routed.is_error, routed.content[0].text
+    data = routed.structured_content
+    assert data["backends"] == ["dsp"] and data["tempo"]["bpm"] == pytest.approx(120, rel=0.05)
+    assert "model service" in data["warning"]
+    assert elapsed < 30  # the model's own timeout, not the call's
+    reason = "not a JSON object" if service == "not_json_url" else "TINYMU_MODEL_TIMEOUT_S"
+    assert asked.is_error and reason in asked.content[0].text
+
+
+# --- 3 + 8. the cache: unusable directories, failed writes, tampered entries ----------------------
+
+
+def tempo(bpm: float) -> TempoResult:
+    return TempoResult(bpm=bpm, confidence=0.9, alternatives=[], summary=f"{bpm:g} BPM")
+
+
+SHA = "ab" * 32
+
+
+def test_an_unusable_cache_dir_leaves_the_cache_memory_only_and_calls_work(music, tmp_path):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a regular file where the cache dir should be")
+    cache = ResultCache(not_a_folder)
+    assert cache.directory is None and "memory only" in cache.warning and "TINYMU_CACHE_DIR" in cache.warning
+    cache.put("tempo", SHA, None, tempo(120.0))
+    assert cache.get("tempo", SHA, None, TempoResult).bpm == 120.0
+    # A whole tool call through a toolbox whose cache dir is a file.
+    tools = MusicTools(settings_for(music, cache_dir=not_a_folder))
+    assert tools.estimate_tempo(str(music["song"])).tempo.bpm == pytest.approx(120, rel=0.05)
+
+
+def test_a_failed_disk_write_never_fails_the_call_and_leaves_no_temp_file(tmp_path):
+    cache = ResultCache(tmp_path / "cache")
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))  # any write past 64 bytes fails, as on a full disk
+    try:
+        cache.put("tempo", SHA, None, tempo(99.0))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert not list((tmp_path / "cache").rglob("*.json"))
+    assert cache.get("tempo", SHA, None, TempoResult).bpm == 99.0  # kept in memory
+
+
+def test_stale_temp_files_are_removed_at_start(tmp_path):
+    folder = tmp_path / "cache" / SHA[:2] / SHA
+    folder.mkdir(parents=True)
+    stale, fresh = folder / "a.tmp", folder / "b.tmp"
+    stale.write_text("half")
+    fresh.write_text("half")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    ResultCache(tmp_path / "cache")
+    assert not stale.exists() and fresh.exists()  # a live write's file is left alone
+
+
+def test_a_tampered_cache_entry_is_not_served(tmp_path):
+    cache = ResultCache(tmp_path / "cache")
+    cache.put("tempo", SHA, None, tempo(120.0))
+    cache.clear_memory()
+    (entry,) = (tmp_path / "cache").rglob("*.json")
+    data = json.loads(entry.read_text())
+    data["result"]["bpm"] = 666.0
+    entry.write_text(json.dumps(data))
+    assert cache.get("tempo", SHA, None, TempoResult) is None
+    assert cache.entries(SHA) == []
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "mcp_server"],
+    [sys.executable, "-c", "from agent_tools.cli import app; app()", "analyze", "song.wav"],
+])
+def test_bad_settings_are_one_line_and_exit_2(command, tmp_path):
+    env = dict(os.environ, TINYMU_MAX_CONCURRENCY="two")
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TINYMU_MAX_CONCURRENCY='two'" in lines[0] and "integer" in lines[0], done.stderr
+
+
+# --- 7. timed-out work gives its place back -----------------------------------------------------
+
+
+async def test_a_timed_out_call_never_takes_the_slot_it_was_waiting_for(music):
+    tools = MusicTools(settings_for(music, max_concurrency=1))
+    computed = []
+
+    def heavy():
+        with tools.computing():
+            computed.append(time.monotonic())
+
+    runner = ToolRunner(timeout_s=0.3)
+    slot = tools._compute_slots
+    slot.acquire()  # the only slot is busy (a long analysis in progress)
+    try:
+        with pytest.raises(Exception, match="did not finish within"):
+            await runner.run("estimate_tempo", heavy, {}, None)
+    finally:
+        slot.release()
+    await anyio.sleep(0.5)  # the abandoned thread notices within 0.05 s
+    assert computed == [], "the timed-out call ran its heavy work after the caller had given up"
+    assert slot.acquire(timeout=1)  # and the slot is free for live calls
+    slot.release()
+
+
+def test_silent_http_connections_are_closed(music):
+    import uvicorn
+
+    from mcp_server.http import http_config
+
+    settings = settings_for(music)
+    server = build_server(settings, tools=MusicTools(settings))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    http = uvicorn.Server(http_config(server, settings, host="127.0.0.1", port=port, idle_timeout_s=1))
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if http.started:
+                break
+            time.sleep(0.1)
+        silent = socket.create_connection(("127.0.0.1", port))
+        silent.settimeout(10)
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server, not by us
+        assert time.monotonic() - started < 5
+        silent.close()
+    finally:
+        http.should_exit = True
+        thread.join(10)
