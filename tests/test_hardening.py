@@ -481,7 +481,9 @@ async def test_a_timed_out_call_never_takes_the_slot_it_was_waiting_for(music):
     slot.release()
 
 
-def test_silent_http_connections_are_closed(music):
+@pytest.fixture(scope="module")
+def http_server(music):
+    """The MCP server over streamable HTTP as `tinymu-mcp --http` serves it, in a thread (1 s idle timeout)."""
     import uvicorn
 
     from mcp_server.http import http_config
@@ -494,17 +496,31 @@ def test_silent_http_connections_are_closed(music):
     http = uvicorn.Server(http_config(server, settings, host="127.0.0.1", port=port, idle_timeout_s=1))
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
-    try:
-        for _ in range(100):
-            if http.started:
-                break
-            time.sleep(0.1)
-        silent = socket.create_connection(("127.0.0.1", port))
+    for _ in range(100):
+        if http.started:
+            break
+        time.sleep(0.1)
+    yield {"port": port, "url": f"http://127.0.0.1:{port}/mcp", "settings": settings}
+    http.should_exit = True
+    thread.join(10)
+
+
+def test_silent_http_connections_are_closed(http_server):
+    with socket.create_connection(("127.0.0.1", http_server["port"])) as silent:
         silent.settimeout(10)
         started = time.monotonic()
         assert silent.recv(1) == b""  # closed by the server, not by us
         assert time.monotonic() - started < 5
-        silent.close()
-    finally:
-        http.should_exit = True
-        thread.join(10)
+
+
+async def test_inline_audio_up_to_the_advertised_limit_reaches_the_tool_over_http(http_server):
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    advertised = http_server["settings"].max_data_uri_bytes
+    assert advertised > 4 * MiB  # above the SDK's default body limit, which used to refuse it
+    payload = base64.b64encode(b"RIFF" + os.urandom(6 * MiB)).decode()  # 6 MB: not audio, but under the limit
+    transport = streamable_http_client(http_server["url"], http_client=httpx2.AsyncClient(timeout=60))
+    async with Client(transport) as client:
+        result = await client.call_tool("estimate_tempo", {"audio": f"data:audio/wav;base64,{payload}"})
+    assert result.is_error and "cannot decode this as audio" in result.content[0].text
