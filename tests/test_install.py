@@ -56,10 +56,15 @@ def installed(tmp_path_factory):
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                     cwd=tmp, env=env).strip())
     (site / "borrowed_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Before installing: what a full install (dependencies included, no index) would still need.
+    run([str(python), "-m", "pip", "install", "--dry-run", "--no-index", "-q", "--report", str(tmp / "report.json"),
+         str(wheel)], cwd=tmp, env=env)
+    wanted = {item["metadata"]["name"] for item in json.loads((tmp / "report.json").read_text())["install"]}
     run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp, env=env)
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
-    return {"venv": venv, "bin": venv / "bin", "site": site, "env": env, "cwd": elsewhere, "wheel": wheel}
+    return {"venv": venv, "bin": venv / "bin", "site": site, "env": env, "cwd": elsewhere, "wheel": wheel,
+            "wanted": wanted}
 
 
 def test_the_wheel_holds_the_package_data_and_nothing_of_the_repo(installed):
@@ -73,6 +78,12 @@ def test_the_wheel_holds_the_package_data_and_nothing_of_the_repo(installed):
                  "print(agent_tools.__file__, mcp_server.__file__, model.__file__)"],
                 cwd=installed["cwd"], env=installed["env"])
     assert all(Path(path).is_relative_to(installed["site"]) for path in where.split())
+
+
+def test_with_cpu_torch_installed_the_wheel_wants_nothing_more(installed):
+    # The CUDA build arrives when a resolver finds torch missing or too old; with the CPU build present
+    # (torch>=2.4 is all the package asks), pip, kept off every index, found every requirement met.
+    assert installed["wanted"] == {"tinymu-agent-tools"}
 
 
 def test_versions(installed):
