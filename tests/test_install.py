@@ -109,8 +109,17 @@ def test_analyze_the_shipped_example_from_another_folder(installed):
 
 def test_demo_from_another_folder(installed):
     out = run([str(installed["bin"] / "tinymu"), "demo"], installed["cwd"], {**installed["env"], "COLUMNS": "120"})
-    assert "A minor  confidence" in out and "answer_music_question" in out
     assert not list(installed["cwd"].iterdir()), "the demo wrote into the folder it ran in"
+    assert (Path(installed["env"]["TINYMU_CACHE_DIR"]) / "demo" / "example.ogg").is_file()
+    # The analysis table (not just the line describing the clip) reports the rendered key and tempo.
+    table = out.split("tinymu analyze", 1)[1]
+    assert "A minor  confidence" in table
+    bpm = float(table.split("tempo", 1)[1].split("BPM")[0].strip(" │|"))
+    assert bpm == pytest.approx(112.0, rel=0.04)
+    # Then the model answers, and the router's answer carries the measured tempo as evidence.
+    model_part = out.split("TinyMU and the router", 1)[1]
+    assert "choose_answer" in model_part and "answer_music_question" in model_part
+    assert "backends: dsp + model" in model_part and "tempo" in model_part
 
 
 async def test_mcp_server_over_stdio_lists_and_runs_tools(installed):
