@@ -1,0 +1,355 @@
+"""Reliability benchmark of the MCP server (`python -m training.bench reliability`): bombs, load, endurance, the race.
+
+Starts `tinymu-mcp --http` as a real subprocess (DSP in the server process, the model
+not preloaded, so the numbers are the server's own) and reports, from /proc:
+
+1. bombs: the server's peak RSS (VmHWM) after decompression bombs (a 10-minute 96 kHz
+   stereo FLAC by path, a long silent FLAC as a data URI) and after a long window that
+   fits the memory budget, against the budget baseline + max_concurrency x max_call_memory_mb;
+2. load: N concurrent calls from N clients, half on clips already analysed (cached) and
+   half on new clips: failures and latency percentiles of each half;
+3. endurance: M calls in a row (cached answers and refused inputs alternating), RSS every
+   tenth of the way: flat means nothing leaks per call;
+4. race: a folder inside the root is swapped for a symlink to a folder outside it, over and
+   over, while clients call a tool on a file in it: how many answers came from the outside file.
+
+Every part is short by default (minutes on a 2-core machine); the options scale them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from mcp import Client
+from rich.console import Console
+
+from training.bench.load import Call, render_clips, summarize
+
+console = Console(stderr=True)
+MiB = 1024 * 1024
+
+
+# --- the server and its memory --------------------------------------------------------------
+
+
+def start_server(root: Path, cache_dir: Path, env_changes: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TINYMU_CACHE_DIR": str(cache_dir), "TINYMU_PRELOAD_MODEL": "0", **env_changes}
+    env.pop("TINYMU_MCP_TOKEN", None)
+    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--roots", str(root)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start within 90 s")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak so far) of a process, MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+async def call(url: str, tool: str, args: dict) -> tuple[bool, str, dict | None, float]:
+    start = time.perf_counter()
+    try:
+        async with Client(url, read_timeout_seconds=600) as client:
+            result = await client.call_tool(tool, args)
+        text = " ".join(getattr(c, "text", "") for c in result.content)[:160]
+        return not result.is_error, text, result.structured_content, time.perf_counter() - start
+    except Exception as exc:  # a failed call is a result here
+        return False, f"{type(exc).__name__}: {exc}"[:160], None, time.perf_counter() - start
+
+
+# --- 1. bombs ------------------------------------------------------------------------------------
+
+
+def write_flac(path: Path, seconds: float, rate: int, channels: int, silent: bool) -> Path:
+    """Written in 10 s blocks, so making the bomb does not need the memory it is meant to test."""
+    if path.exists():
+        return path
+    t = np.arange(rate * 10) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
+    block = np.zeros((rate * 10, channels), dtype=np.int16) if silent else np.repeat(tone[:, None], channels, axis=1)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    return path
+
+
+def bombs(workdir: Path, clips_dir: Path, max_concurrency: int, call_memory_mb: float) -> list[dict]:
+    long_flac = write_flac(clips_dir / "bomb_10min_96k_stereo.flac", 600, 96000, 2, silent=False)
+    silent_flac = write_flac(workdir / "bomb_silent_10min_96k_stereo.flac", 600, 96000, 2, silent=True)
+    # A long window that fits the budget, analysed for real (rendered music, looped).
+    fits = clips_dir / "fits_budget.wav"
+    if not fits.exists():
+        song = render_clips(workdir / "songs", ["song_30s"], 30.0, 4000)[0]
+        samples, rate = sf.read(song, dtype="float32")
+        seconds = 50
+        sf.write(fits, np.tile(samples, (seconds // 30 + 1,) + (1,) * (samples.ndim - 1))[: rate * seconds], rate)
+    inputs = [
+        ("10 min 96 kHz stereo FLAC (path)", str(long_flac), f"{long_flac.stat().st_size / 1e6:.1f} MB"),
+        ("10 min silent 96 kHz stereo FLAC (data URI)",
+         "data:audio/flac;base64," + base64.b64encode(silent_flac.read_bytes()).decode(),
+         f"{silent_flac.stat().st_size / 1e6:.2f} MB"),
+        ("50 s song within the budget (path)", str(fits), f"{fits.stat().st_size / 1e6:.1f} MB"),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = {"TINYMU_MAX_CONCURRENCY": str(max_concurrency), "TINYMU_MAX_CALL_MEMORY_MB": str(call_memory_mb),
+               "TINYMU_MAX_DATA_URI_BYTES": str(20 * MiB)}
+        process, url = start_server(clips_dir, Path(cache_dir), env)
+        try:
+            ok, text, _, _ = asyncio.run(call(url, "detect_key", {"audio": str(fits), "duration_s": 5.0}))  # warm
+            base = memory_mb(process.pid)
+            rows.append({"input": "baseline (after one 5 s analysis)", "size": "", "result": "ok" if ok else text,
+                         "seconds": 0.0, **base})
+            for label, audio, size in inputs:
+                ok, text, _, seconds = asyncio.run(call(url, "analyze_clip", {"audio": audio}))
+                rows.append({"input": label, "size": size, "result": "answered" if ok else text, "seconds": seconds,
+                             **memory_mb(process.pid)})
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return rows
+
+
+# --- 2. load -------------------------------------------------------------------------------------
+
+
+async def session_call(client: Client, path: Path, kind: str) -> Call:
+    start = time.perf_counter()
+    try:
+        result = await client.call_tool("analyze_clip", {"audio": str(path)})
+        ok, error = not result.is_error, "" if not result.is_error else result.content[0].text[:200]
+    except Exception as exc:  # a failed call is a result here
+        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+    return Call(kind, time.perf_counter() - start, ok, error)
+
+
+def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, sessions: int,
+         dsp_workers: int) -> dict:
+    """`calls` analyze_clip calls sent at once over `sessions` open MCP sessions (as agent hosts keep them),
+    half on clips in the cache, half on new clips; each call timed from request to answer."""
+    n_new = calls // 2
+    cached = render_clips(clips_dir, [f"cached_{i}" for i in range(5)], duration_s, 1000)
+    fresh = render_clips(clips_dir, [f"new_{i}" for i in range(n_new)], duration_s, 3000)
+    env = {"TINYMU_MAX_CONCURRENCY": str(max_concurrency), "TINYMU_CALL_TIMEOUT_S": "600",
+           "TINYMU_DSP_WORKERS": str(dsp_workers)}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        process, url = start_server(clips_dir, Path(cache_dir), env)
+        try:
+            async def everything():
+                async with AsyncExitStack() as stack:
+                    clients = [await stack.enter_async_context(Client(url, read_timeout_seconds=600))
+                               for _ in range(sessions)]
+                    for path in cached:  # warm the cache
+                        await clients[0].call_tool("analyze_clip", {"audio": str(path)})
+                    jobs = [(cached[i % len(cached)], "cached") for i in range(calls - n_new)]
+                    jobs += [(path, "new") for path in fresh]
+                    start = time.perf_counter()
+                    results = await asyncio.gather(*(session_call(clients[i % sessions], path, kind)
+                                                     for i, (path, kind) in enumerate(jobs)))
+                    return list(results), time.perf_counter() - start
+
+            results, wall = asyncio.run(everything())
+            rss = memory_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    rows = {kind: summarize([c for c in results if c.kind == kind], wall) for kind in ("cached", "new")}
+    errors = [c.error for c in results if not c.ok]
+    return {"rows": rows, "wall_s": wall, "errors": errors, **rss}
+
+
+# --- 3. endurance ----------------------------------------------------------------------------
+
+
+def endurance(clips_dir: Path, calls: int) -> list[tuple[int, float]]:
+    clip = render_clips(clips_dir, ["cached_0"], 5.0, 1000)[0]
+    bad = [str(clips_dir / "missing.wav"), "data:audio/wav;base64,!!!", str(clips_dir)]
+    samples = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        process, url = start_server(clips_dir, Path(cache_dir), {})
+        try:
+            async def run_all():
+                async with Client(url, read_timeout_seconds=600) as client:
+                    for i in range(calls):
+                        args = {"audio": str(clip)} if i % 2 == 0 else {"audio": bad[i % len(bad)]}
+                        await client.call_tool("estimate_tempo", args)
+                        if i % max(1, calls // 10) == 0 or i == calls - 1:
+                            samples.append((i + 1, memory_mb(process.pid)["VmRSS"]))
+
+            asyncio.run(run_all())
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return samples
+
+
+# --- 4. the race ---------------------------------------------------------------------------------
+
+
+def race(workdir: Path, seconds: float, clients: int = 4) -> dict:
+    base = workdir / "race"
+    shutil.rmtree(base, ignore_errors=True)
+    root, outside = base / "root", base / "outside"
+    for folder, level in ((root / "album", 0.2), (outside / "album", 0.8)):
+        folder.mkdir(parents=True)
+        sf.write(folder / "clip.wav", level * np.sin(np.linspace(0, 4000, 44100 * 2)), 44100, subtype="PCM_16")
+    inside = root / "album"
+    moved = root / "album_real"
+    stop = threading.Event()
+    swaps = 0
+
+    def swap():
+        nonlocal swaps
+        while not stop.is_set():
+            inside.rename(moved)
+            inside.symlink_to(outside / "album")
+            time.sleep(0.0005)
+            inside.unlink()
+            moved.rename(inside)
+            swaps += 1
+            time.sleep(0.002)  # the real folder is in place most of the time, so most calls are answered
+
+    counts = {"calls": 0, "answered": 0, "refused": 0, "escapes": 0}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        process, url = start_server(root, Path(cache_dir), {})
+        try:
+            async def first():
+                return await call(url, "estimate_tempo", {"audio": str(inside / "clip.wav")})
+
+            ok, text, data, _ = asyncio.run(first())
+            if not ok:
+                raise RuntimeError(f"the inside file cannot be analysed: {text}")
+            inside_sha = data["audio"]["sha256"]
+            swapper = threading.Thread(target=swap)
+            swapper.start()
+            deadline = time.monotonic() + seconds
+
+            async def client_loop():
+                async with Client(url, read_timeout_seconds=600) as client:
+                    while time.monotonic() < deadline:
+                        result = await client.call_tool("estimate_tempo", {"audio": str(inside / "clip.wav")})
+                        counts["calls"] += 1
+                        if result.is_error:
+                            counts["refused"] += 1
+                        else:
+                            counts["answered"] += 1
+                            counts["escapes"] += result.structured_content["audio"]["sha256"] != inside_sha
+
+            async def clients_together():
+                await asyncio.gather(*(client_loop() for _ in range(clients)))
+
+            try:
+                asyncio.run(clients_together())
+            finally:
+                stop.set()
+                swapper.join()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return {**counts, "swaps": swaps, "seconds": seconds}
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="bombs,load,endurance,race", help="comma-separated parts to run")
+    parser.add_argument("--calls", type=int, default=100, help="concurrent calls of the load part (half cached)")
+    parser.add_argument("--duration", type=float, default=5.0, help="clip length of the load part, seconds")
+    parser.add_argument("--sessions", type=int, default=10, help="MCP sessions the load part's calls share")
+    parser.add_argument("--dsp-workers", type=int, default=0, help="the load part's server: madmom worker processes")
+    parser.add_argument("--endurance-calls", type=int, default=1000)
+    parser.add_argument("--race-seconds", type=float, default=60.0)
+    parser.add_argument("--max-concurrency", type=int, default=2)
+    parser.add_argument("--max-call-memory-mb", type=float, default=768.0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",")}
+    workdir = Path(args.workdir or Path(".cache") / "bench" / "reliability").resolve()
+    clips_dir = workdir / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    failed = False
+    out = Console(width=140)
+
+    if "bombs" in parts:
+        console.print("bombs: writing the inputs, then one server takes them in turn ...")
+        rows = bombs(workdir, clips_dir, args.max_concurrency, args.max_call_memory_mb)
+        budget = rows[0]["VmHWM"] + args.max_concurrency * args.max_call_memory_mb
+        out.print(f"\n[b]1. bombs[/b] (max_call_memory_mb {args.max_call_memory_mb:g}, max_concurrency "
+                  f"{args.max_concurrency}: budget = baseline + {args.max_concurrency} x {args.max_call_memory_mb:g} "
+                  f"= {budget:.0f} MB)")
+        for row in rows:
+            out.print(f"  {row['input']:<46} {row['size']:>9}  peak RSS {row['VmHWM']:7.0f} MB  RSS {row['VmRSS']:7.0f} MB"
+                      f"  {row['seconds']:6.2f} s  {row['result'][:90]}")
+        peak = max(row["VmHWM"] for row in rows)
+        verdict = "under" if peak <= min(budget, 2048) else "OVER"
+        failed |= verdict == "OVER"
+        out.print(f"  peak {peak:.0f} MB: {verdict} the budget ({budget:.0f} MB) and the 2048 MB target")
+
+    if "load" in parts:
+        console.print(f"load: rendering clips, then {args.calls} concurrent clients ...")
+        result = load(clips_dir, args.calls, args.duration, args.max_concurrency, args.sessions, args.dsp_workers)
+        out.print(f"\n[b]2. load[/b]: {args.calls} concurrent analyze_clip calls over HTTP on {args.sessions} sessions, "
+                  f"half cached, half new {args.duration:g} s clips (max_concurrency {args.max_concurrency}, dsp_workers "
+                  f"{args.dsp_workers}); wall {result['wall_s']:.1f} s, "
+                  f"server RSS after {result['VmRSS']:.0f} MB (peak {result['VmHWM']:.0f})")
+        for kind, row in result["rows"].items():
+            out.print(f"  {kind:<7} calls {row['calls']:4d}  failures {row['failures']:3d}  p50 {row['p50']:7.3f} s  "
+                      f"p95 {row['p95']:7.3f} s  max {row['max']:7.3f} s")
+        failed |= bool(result["errors"]) or result["rows"]["cached"]["p95"] > 0.5
+        for error in result["errors"][:5]:
+            out.print(f"  [red]failure[/red]: {error}")
+
+    if "endurance" in parts:
+        console.print(f"endurance: {args.endurance_calls} calls in a row ...")
+        samples = endurance(clips_dir, args.endurance_calls)
+        out.print(f"\n[b]3. endurance[/b]: {args.endurance_calls} estimate_tempo calls in a row on one session "
+                  "(cached answers and refused inputs alternating); server RSS, MB:")
+        out.print("  " + "  ".join(f"{n}: {rss:.0f}" for n, rss in samples))
+        growth = samples[-1][1] - samples[1][1] if len(samples) > 2 else 0.0
+        out.print(f"  growth after the first tenth: {growth:+.1f} MB")
+
+    if "race" in parts:
+        console.print(f"race: {args.race_seconds:g} s of swapping a folder for a symlink during calls ...")
+        result = race(workdir, args.race_seconds)
+        out.print(f"\n[b]4. race[/b]: {result['seconds']:g} s, {result['swaps']} swaps, {result['calls']} calls: "
+                  f"{result['answered']} answered, {result['refused']} refused, {result['escapes']} read the outside file")
+        failed |= result["escapes"] > 0
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
