@@ -148,10 +148,14 @@ def load_audio(
                 )
             wanted = total_frames - start if duration_s is None else min(int(round(duration_s * rate)), total_frames - start)
             _check_window_length(name, wanted / rate, source_duration, duration_s, limits)
-            _check_memory(name, wanted, rate, channels, limits)
+            # libsndfile 1.2's MP3 decoder returns wrong samples at the edges of partial reads, so MP3
+            # (at most two channels) is read in one piece, its interleaved frames counted in the budget.
+            whole = f.format in ("MP3", "MPEG")
+            _check_memory(name, wanted, rate, channels, limits, interleaved=whole)
             f.seek(start)
             samples, decoded = np.empty(wanted, dtype=np.float32), 0
-            for block in f.blocks(blocksize=BLOCK_FRAMES, frames=wanted, dtype="float32", always_2d=True):
+            for block in f.blocks(blocksize=wanted if whole else BLOCK_FRAMES, frames=wanted, dtype="float32",
+                                  always_2d=True):
                 take = min(len(block), wanted - decoded)
                 samples[decoded:decoded + take] = block[:take, 0] if channels == 1 else block[:take].mean(axis=1)
                 decoded += take
@@ -204,11 +208,13 @@ def _check_window_arguments(offset_s: float, duration_s: float | None) -> None:
         )
 
 
-def _check_memory(name: str, frames: int, rate: int, channels: int, limits: AudioLimits) -> None:
-    """Refuse, from the header alone, a window whose decoding and analysis would exceed the budget."""
+def _check_memory(name: str, frames: int, rate: int, channels: int, limits: AudioLimits,
+                  interleaved: bool = False) -> None:
+    """Refuse, from the header alone, a window whose decoding and analysis would exceed the budget
+    (`interleaved`: the window is read in one piece, all channels at once)."""
     if limits.max_memory_bytes is None:
         return
-    needed = window_memory_bytes(frames, rate)
+    needed = window_memory_bytes(frames, rate) + (frames * channels * 4 if interleaved else 0)
     if needed <= limits.max_memory_bytes:
         return
     per_second = window_memory_bytes(rate, rate)
