@@ -4,8 +4,10 @@
 into a `StructuredTool`: the argument schema comes from the method signature
 (the same pydantic `Field` descriptions the MCP server publishes), the
 description is the method's docstring, and the result is
-`content_and_artifact`: the agent's LLM reads a short summary, code gets the
-full structured result as a dict in `ToolMessage.artifact`.
+`content_and_artifact`: the agent's LLM reads the same text an MCP client's does
+(`agent_tools.digest`: the summary plus the compact timed facts, e.g. chord changes
+with their times; the full JSON too with `detail=True`), code gets the full
+structured result as a dict in `ToolMessage.artifact`.
 
 Failures the agent can fix (bad path, unsupported audio, model unavailable)
 come back as error `ToolMessage`s with an actionable message instead of
@@ -29,6 +31,7 @@ from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, create_model
 
 from agent_tools.config import Settings
+from agent_tools.digest import DETAIL, Detail, digest, takes_detail
 from agent_tools.tools import TOOL_SPECS, MusicTools, ToolSpec
 from model.errors import TinyMUError
 
@@ -43,15 +46,10 @@ def _args_schema(spec: ToolSpec, method) -> type[BaseModel]:
     for name, parameter in inspect.signature(method).parameters.items():
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[name] = (hints[name], default)
+    if takes_detail(method):
+        fields[DETAIL] = (Detail, False)
     model_name = "".join(part.title() for part in spec.name.split("_")) + "Input"
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _content(result: BaseModel) -> str:
-    """What the agent's LLM reads: the summary, plus any warning the result carries."""
-    summary = getattr(result, "summary", None) or result.model_dump_json()
-    warning = getattr(result, "warning", None)
-    return f"{summary}\nWarning: {warning}" if warning else summary
 
 
 def _artifact(result: BaseModel) -> dict[str, Any]:
@@ -76,12 +74,13 @@ def as_langchain_tool(spec: ToolSpec, toolbox: MusicTools) -> StructuredTool:
     method = spec.bind(toolbox)
 
     def run(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+        detail = bool(kwargs.pop(DETAIL, False))
         try:
             result = method(**kwargs)
         except TinyMUError as exc:
             # Typed errors carry an actionable message: hand it to the agent as an error ToolMessage.
             raise ToolException(f"{type(exc).__name__}: {exc}") from exc
-        return _content(result), _artifact(result)
+        return digest(result, detail=detail), _artifact(result)
 
     async def arun(**kwargs: Any) -> tuple[str, dict[str, Any]]:
         # The tool functions block (decoding, madmom, the model): keep the event loop free.

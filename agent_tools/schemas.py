@@ -89,6 +89,25 @@ class ChordsReport(BaseModel):
     chords: ChordsResult
 
 
+# --- finding files ---------------------------------------------------------------
+
+
+class AudioFile(BaseModel):
+    path: str = Field(description="Absolute path: pass it as the `audio` argument of the other tools.")
+    size_bytes: int
+    duration_s: float | None = Field(description="Length in seconds from the file header; None when the "
+                                                 "header cannot be read (the file may still decode).")
+
+
+class AudioFileList(BaseModel):
+    """Audio files under the allowed folders, in path order."""
+
+    summary: str = Field(description="How many files were found, and their paths with durations.")
+    roots: list[str] = Field(description="The folders that were searched.")
+    files: list[AudioFile]
+    total: int = Field(description="Files that matched; more than len(files) when the list was cut at `limit`.")
+
+
 # --- model tools -----------------------------------------------------------------
 
 
@@ -178,3 +197,4 @@ class RoutedAnswer(BaseModel):
     chords: ChordsResult | None = None
     model_answer: ModelAnswer | None = None
     warning: str | None = None
+

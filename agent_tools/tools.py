@@ -16,6 +16,7 @@ through `agent_tools.context.progress_callback`, a context variable a front end 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -40,6 +41,8 @@ from agent_tools.recommend import (
 )
 from agent_tools.router import route
 from agent_tools.schemas import (
+    AudioFile,
+    AudioFileList,
     AudioInfo,
     BeatsReport,
     ChordsReport,
@@ -105,6 +108,11 @@ Options = Annotated[
 call_abandoned: ContextVar[threading.Event | None] = ContextVar("call_abandoned", default=None)
 
 
+# Set by a front end for each call of a session whose client named its roots: that session's settings
+# (the server's, with the roots narrowed or replaced by the client's; see mcp_server.server.ClientRoots).
+call_settings: ContextVar[Settings | None] = ContextVar("call_settings", default=None)
+
+
 class CallAbandonedError(BackendError):
     """The call was abandoned by its caller (timed out) before its heavy work started."""
 
@@ -147,6 +155,7 @@ TOOL_SPECS: list[ToolSpec] = [
     ToolSpec("index_folder", "Index a folder of music for similarity search", read_only=False, reads_audio=False),
     ToolSpec("find_similar", "Find indexed clips similar to a clip, with constraints"),
     ToolSpec("plot_clip", "Draw a clip: spectrogram, chords, beats and downbeats"),
+    ToolSpec("list_audio_files", "List the audio files under the allowed folders", reads_audio=False),
 ]
 
 
@@ -154,7 +163,7 @@ class MusicTools:
     """The toolbox: one per process, safe to call from several threads at once."""
 
     def __init__(self, settings: Settings | None = None, *, analyzer: MusicAnalyzer | None = None, model=None):
-        self.settings = settings or Settings.from_env()
+        self._settings = settings or Settings.from_env()
         self.cache = ResultCache(self.settings.cache_dir)
         self._analyzer = analyzer
         self._model = model
@@ -166,6 +175,11 @@ class MusicTools:
         self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
 
     # --- shared plumbing -------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The current call's settings: the toolbox's own, or its session's (client roots) when a front end set them."""
+        return call_settings.get() or self._settings
 
     @property
     def analyzer(self) -> MusicAnalyzer:
@@ -516,3 +530,73 @@ class MusicTools:
         and saved in the cache directory; the numbers behind it come from analyze_clip.
         """
         return clip_plot(self, audio, offset_s, duration_s)
+
+    # --- finding files --------------------------------------------------------------------
+
+    def list_audio_files(
+        self,
+        folder: Annotated[str | None, Field(description="A folder under the allowed roots to list; omit to list "
+                                             "every allowed root.")] = None,
+        pattern: Annotated[str, Field(max_length=200, description="Only file names matching this glob, e.g. "
+                                       "'*.flac' or '*live*' (case-insensitive).")] = "*",
+        limit: Annotated[int, Field(ge=1, le=1000, description="Most files to return.")] = 100,
+    ) -> AudioFileList:
+        """List the audio files (wav, flac, ogg, mp3, aiff, opus) this server may read, with their sizes and
+        lengths, searching subfolders too.
+
+        Use it to find the path to pass as `audio` when the user names a song, an album or a folder instead of
+        a full path. The paths returned are absolute and accepted by every other tool.
+        """
+        import soundfile as sf
+
+        from agent_tools.inputs import resolve_path
+
+        roots = self.settings.allowed_roots()
+        if folder:
+            top = resolve_path(folder, self.settings)
+            if not top.is_dir():
+                raise InputError(f"{folder}: not a folder. Pass a folder under {', '.join(map(str, roots))}, "
+                                 "or omit folder to list every allowed root.")
+            searched = [top]
+        else:
+            searched = [r for r in roots if r.is_dir()]
+        report_progress(0, 1, "listing audio files")
+        matches = find_audio_files(searched, pattern)
+        files = []
+        for path in matches[:limit]:
+            try:
+                duration = round(sf.info(str(path)).duration, 2)
+            except Exception:  # an unreadable header is reported as unknown length, never a failed listing
+                duration = None
+            files.append(AudioFile(path=str(path), size_bytes=path.stat().st_size, duration_s=duration))
+        where = ", ".join(map(str, searched)) or "(no existing allowed folder)"
+        if not files:
+            summary = (f"No audio files matching {pattern!r} under {where}. Other folders are not readable by this "
+                       "server (see the resource music://roots); send audio as a data: URI instead.")
+        else:
+            shown = "; ".join(f"{f.path} ({f.duration_s:.1f} s)" if f.duration_s is not None else f.path
+                              for f in files)
+            more = f" The list stops at limit={limit}: narrow it with folder or pattern." if len(matches) > limit else ""
+            summary = f"{len(matches)} audio file(s) under {where}: {shown}.{more}"
+        return AudioFileList(summary=summary, roots=[str(r) for r in searched], files=files, total=len(matches))
+
+
+def find_audio_files(folders: list[Path], pattern: str = "*") -> list[Path]:
+    """The audio files under `folders` (subfolders too, hidden ones skipped) whose names match the glob
+    `pattern` (case-insensitive), sorted. Symlinks are neither listed nor followed, so the walk never
+    leaves the folders."""
+    import fnmatch
+    import os
+
+    from agent_tools.similarity import AUDIO_SUFFIXES
+
+    found = []
+    for top in folders:
+        for directory, subfolders, names in os.walk(top, followlinks=False):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            for name in names:
+                path = Path(directory, name)
+                if (path.suffix.lower() in AUDIO_SUFFIXES and fnmatch.fnmatch(name.lower(), pattern.lower())
+                        and not path.is_symlink() and path.is_file()):
+                    found.append(path)
+    return sorted(dict.fromkeys(found))

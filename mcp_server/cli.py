@@ -100,7 +100,10 @@ def serve(
             typer.echo(f"--roots: {root} is not a directory.", err=True)
             raise typer.Exit(code=2)
 
-    server = build_server(settings, token=token if http else None, public_url=f"http://{host}:{port}")
+    # A local stdio server without configured roots would default to the folder its client happened to start
+    # it in: there the client's own roots (its workspace folders) replace that default.
+    server = build_server(settings, token=token if http else None, public_url=f"http://{host}:{port}",
+                          replace_roots_with_clients=not http and not settings.roots)
     if server.toolbox.cache.warning:
         typer.echo(f"Warning: {server.toolbox.cache.warning}", err=True)
     # Load the madmom processors in the background so the first tool call does not pay for it
@@ -111,6 +114,12 @@ def serve(
         start(settings.dsp_workers)
     else:
         threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True).start()
+    if settings.preload_model:
+        # The model loads in the background too (about 10 s with converted weights; the first start on a
+        # machine also converts the GGUF, about a minute), so the first model call does not time out.
+        from mcp_server.server import preload_model
+
+        preload_model(server.toolbox)
     log.info("roots: %s; urls %s", ", ".join(map(str, settings.allowed_roots())), "on" if settings.allow_urls else "off")
 
     if not http:

@@ -18,11 +18,16 @@ import json
 import logging
 import re
 import threading
+import time
 import typing
+import warnings
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -32,11 +37,22 @@ from mcp.server.mcpserver.exceptions import (
     ResourceNotFoundError,
     ToolError,
 )
-from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from mcp.types import (
+    CallToolResult,
+    ClientCapabilities,
+    Completion,
+    ImageContent,
+    PromptReference,
+    ResourceTemplateReference,
+    RootsCapability,
+    TextContent,
+    ToolAnnotations,
+)
 
 from agent_tools.config import Settings
 from agent_tools.context import progress_callback
-from agent_tools.tools import TOOL_SPECS, MusicTools, call_abandoned
+from agent_tools.digest import DETAIL, Detail, digest, takes_detail
+from agent_tools.tools import TOOL_SPECS, MusicTools, call_abandoned, call_settings, find_audio_files
 from model.errors import BackendError, InputError
 
 log = logging.getLogger("tinymu.mcp")
@@ -46,8 +62,13 @@ Ears for music. Tools measure tempo (BPM), beats/downbeats/meter, key and chords
 and a music-language model answers questions about timbre, instruments, genre and mood.
 The `audio` argument is an absolute file path under the server's allowed folders (read the resource
 music://roots), a data:audio/...;base64,... URI, or an https:// URL when the server allows URLs.
-Use offset_s/duration_s to analyse part of a long recording. Start with analyze_clip; use
-answer_music_question when unsure which tool fits."""
+Use list_audio_files to find paths. Use offset_s/duration_s to analyse part of a long recording.
+Start with analyze_clip; use answer_music_question when unsure which tool fits. Results list the timed
+facts (chord changes, bar starts) in the text; pass detail=true for every beat and candidate."""
+
+# A long step with no progress of its own (madmom on minutes of audio, loading the model) still gets a
+# notification this often, so clients see the call is alive and do not give up on it.
+HEARTBEAT_S = 5.0
 
 
 class StaticTokenVerifier:
@@ -74,25 +95,50 @@ class ToolRunner:
         self.timeout_s = timeout_s
         self._threads = anyio.CapacityLimiter(max_calls_in_flight)
 
-    async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None):
+    async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None,
+                  settings: Settings | None = None):
         finished = threading.Event()
         abandoned = threading.Event()  # set on timeout: the worker thread starts no more heavy work
+
+        loop = anyio.lowlevel.current_token()
+        last = {"done": 0.0, "total": 1.0, "message": name, "at": time.monotonic()}
+        sending = threading.Lock()
 
         def progress(done: float, total: float, message: str) -> None:
             if ctx is None or finished.is_set():
                 return
-            try:
-                anyio.from_thread.run(ctx.report_progress, done, total, message)
-            except Exception:  # progress is best effort; never fail the call for it
-                log.debug("progress notification for %s dropped", name, exc_info=True)
+            with sending:
+                # MCP progress must increase: never send a step below one already sent (or heartbeated).
+                done = max(done, last["done"])
+                last.update(done=done, total=max(total, done), message=message, at=time.monotonic())
+                try:
+                    anyio.from_thread.run(ctx.report_progress, done, last["total"], message, token=loop)
+                except Exception:  # progress is best effort; never fail the call for it
+                    log.debug("progress notification for %s dropped", name, exc_info=True)
+
+        def heartbeat() -> None:
+            """While a step is silent, repeat its message with the time spent, creeping towards the next step."""
+            started = time.monotonic()
+            while not finished.wait(HEARTBEAT_S / 5):
+                quiet = time.monotonic() - last["at"]
+                if quiet >= HEARTBEAT_S:
+                    step = int(last["done"])
+                    creep = step + 0.9 * (1 - 0.5 ** ((time.monotonic() - started) / 30))
+                    progress(max(creep, last["done"]), last["total"],
+                             f"{last['message'].split(' (still')[0]} (still working, {time.monotonic() - started:.0f} s)")
 
         def job():
             token, gave_up = progress_callback.set(progress), call_abandoned.set(abandoned)
+            session = call_settings.set(settings)
             try:
                 return method(**kwargs)
             finally:
+                call_settings.reset(session)
                 call_abandoned.reset(gave_up)
                 progress_callback.reset(token)
+
+        if ctx is not None:
+            threading.Thread(target=heartbeat, name=f"progress-{name}", daemon=True).start()
 
         try:
             with anyio.fail_after(self.timeout_s):
@@ -123,31 +169,34 @@ def unexpected_error_message(name: str, exc: BaseException) -> str:
             "or data URI, offset_s and duration_s) or try another file; the server logged the details.")
 
 
-def with_image_content(result):
-    """Results that carry a picture (a `png` field, e.g. plot_clip) go out as image content plus the
-    structured result, so clients show the image instead of receiving base64 inside JSON."""
+def tool_result(result, detail: bool = False) -> CallToolResult:
+    """The text an LLM reads is the digest (summary + compact timed facts; the JSON too with `detail`), the
+    full result is the structured content; a picture (a `png` field, e.g. plot_clip) goes out as image
+    content, so clients show it instead of receiving base64 inside JSON."""
+    content: list = [TextContent(type="text", text=digest(result, detail=detail))]
     png = getattr(result, "png", None)
-    if not isinstance(png, bytes) or not png:
-        return result
-    return CallToolResult(
-        content=[
-            TextContent(type="text", text=result.summary),
-            ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"),
-        ],
-        structured_content=result.model_dump(mode="json"),
-    )
+    if isinstance(png, bytes) and png:
+        content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
 
 
-def mcp_tool(name: str, method: Callable, runner: ToolRunner) -> Callable:
-    """An async MCP tool with exactly the method's parameters, return type and docstring (+ a Context)."""
+def mcp_tool(name: str, method: Callable, runner: ToolRunner, roots: ClientRoots | None = None) -> Callable:
+    """An async MCP tool with exactly the method's parameters, return type and docstring (+ a Context),
+    plus a `detail` argument when the result carries timed measurements."""
+    detailed = takes_detail(method)
 
     async def tool(ctx: Context, **kwargs):
-        return with_image_content(await runner.run(name, method, kwargs, ctx))
+        detail = bool(kwargs.pop(DETAIL, False))
+        settings = await roots.settings_for(ctx) if roots else None
+        return tool_result(await runner.run(name, method, kwargs, ctx, settings), detail)
 
     signature = inspect.signature(method, eval_str=True)
+    extra = [inspect.Parameter(DETAIL, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Detail)] \
+        if detailed else []
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
-    tool.__signature__ = signature.replace(parameters=[*signature.parameters.values(), context])
-    tool.__annotations__ = {**typing.get_type_hints(method, include_extras=True), "ctx": Context}
+    tool.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra, context])
+    tool.__annotations__ = {**typing.get_type_hints(method, include_extras=True), "ctx": Context,
+                            **({DETAIL: Detail} if detailed else {})}
     tool.__name__ = name
     tool.__doc__ = inspect.getdoc(method)
     return tool
@@ -159,11 +208,14 @@ def build_server(
     tools: MusicTools | None = None,
     token: str | None = None,
     public_url: str = "http://127.0.0.1:8000",
+    replace_roots_with_clients: bool = False,
 ) -> MCPServer:
     """The MCP server over one `MusicTools` (one model, one set of warm DSP processors, one cache).
 
     token: when given, HTTP clients must send `Authorization: Bearer <token>`
     (stdio is unaffected: it is only reachable by the process that started it).
+    replace_roots_with_clients: a client's roots replace the server's instead of narrowing them (see
+    `ClientRoots`); only for a local stdio server whose roots were not configured.
     """
     settings = settings or Settings.from_env()
     tools = tools or MusicTools(settings)
@@ -175,9 +227,10 @@ def build_server(
         )
     server = MCPServer("tinymu", instructions=INSTRUCTIONS, version=_version(), **auth)
     runner = ToolRunner(settings.call_timeout_s)
+    client_roots = ClientRoots(tools, replace=replace_roots_with_clients)
     for spec in TOOL_SPECS:
         server.add_tool(
-            mcp_tool(spec.name, spec.bind(tools), runner),
+            mcp_tool(spec.name, spec.bind(tools), runner, client_roots),
             name=spec.name,
             title=spec.title,
             annotations=ToolAnnotations(
@@ -188,18 +241,20 @@ def build_server(
                 open_world_hint=spec.open_world(settings),
             ),
         )
-    _add_resources(server, tools)
+    _add_resources(server, tools, client_roots)
     _add_prompts(server)
+    _add_completions(server, tools)
     server.toolbox = tools  # the CLI warms it up; tests inspect it
     return server
 
 
-def _add_resources(server: MCPServer, tools: MusicTools) -> None:
-    settings = tools.settings
-
+def _add_resources(server: MCPServer, tools: MusicTools, client_roots: ClientRoots) -> None:
     @server.resource("music://roots", name="roots", mime_type="application/json")
     def roots() -> str:
-        """The folders whose audio files the tools may read, and whether URLs are accepted."""
+        """The folders whose audio files the tools may read, and whether URLs are accepted. A client that
+        offers roots gets its own roots inside these (or instead of these, on a local server started without
+        any), see client_roots; the SDK gives static resources no session, so this lists the server's."""
+        settings = tools.settings
         return json.dumps(
             {
                 "roots": [str(r) for r in settings.allowed_roots()],
@@ -207,6 +262,7 @@ def _add_resources(server: MCPServer, tools: MusicTools) -> None:
                 "url_schemes": list(settings.url_schemes) if settings.allow_urls else [],
                 "max_data_uri_bytes": settings.max_data_uri_bytes,
                 "max_duration_s": settings.audio_limits.max_duration_s,
+                "client_roots": "replace" if client_roots.replace else "narrow",
             },
             indent=2,
         )
@@ -248,6 +304,115 @@ def _add_prompts(server: MCPServer) -> None:
             "3. Present a side-by-side table (tempo BPM, meter, key, main chords, character) and say how "
             "compatible they are for a DJ mix or a playlist (tempo ratio, key relationship)."
         )
+
+
+class ClientRoots:
+    """Honours the roots a client offers (MCP roots capability): each call runs with that session's roots.
+
+    By default the client's roots narrow the server's: the calls of a session may read only the client's
+    roots that lie inside the server's allowed roots (those outside are ignored and logged), so a client
+    can never widen what the operator allowed. With `replace` (a local stdio server started without
+    configured roots, whose default is merely the folder it was started in) the client's roots are
+    used as they are. A client that offers no roots, or none that qualifies, gets the server's roots.
+    """
+
+    def __init__(self, tools: MusicTools, *, replace: bool = False, timeout_s: float = 5.0):
+        self.tools = tools
+        self.replace = replace
+        self.timeout_s = timeout_s
+        self._settings: dict[tuple[Path, ...], Settings] = {}
+
+    async def settings_for(self, ctx: Context | None) -> Settings | None:
+        """This session's settings, or None to use the server's."""
+        folders = await self.client_folders(ctx)
+        if not folders:
+            return None
+        base = self.tools.settings
+        if not self.replace:
+            allowed = base.allowed_roots()
+            inside = [f for f in folders if any(f.is_relative_to(root) for root in allowed)]
+            if len(inside) < len(folders):
+                log.info("client roots outside the server's roots ignored: %s",
+                         ", ".join(str(f) for f in folders if f not in inside))
+            folders = inside
+        if not folders:
+            return None
+        key = tuple(folders)
+        if key not in self._settings:
+            self._settings[key] = base.with_overrides(roots=key)
+        return self._settings[key]
+
+    async def client_folders(self, ctx: Context | None) -> list[Path]:
+        """The existing local folders among the client's file:// roots ([] when it offers none)."""
+        try:
+            session = ctx.session if ctx is not None else None
+        except Exception:  # no request in flight (a resource read outside a session)
+            return []
+        if session is None or not session.check_client_capability(ClientCapabilities(roots=RootsCapability())):
+            return []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # roots are deprecated from protocol 2026-07-28, still offered
+                listing = session.list_roots()
+            with anyio.fail_after(self.timeout_s):
+                listed = await listing
+        except Exception as exc:  # no back-channel (protocol 2026-07-28), or no answer: the server's roots
+            log.debug("client roots unavailable (%s: %s); using the server's", type(exc).__name__, exc)
+            return []
+        folders = []
+        for root in listed.roots:
+            uri = urlparse(str(root.uri))
+            if uri.scheme == "file" and uri.netloc in ("", "localhost"):
+                folder = Path(unquote(uri.path)).resolve()
+                if folder.is_dir():
+                    folders.append(folder)
+        return list(dict.fromkeys(folders))
+
+
+def _add_completions(server: MCPServer, tools: MusicTools) -> None:
+    """Completions: audio paths for the prompts' audio arguments, cached hashes for music://analysis/{sha256}."""
+
+    @server.completion()
+    async def complete(ref, argument, context) -> Completion | None:
+        typed = argument.value or ""
+        if isinstance(ref, ResourceTemplateReference) and ref.uri == "music://analysis/{sha256}":
+            values = [sha for sha in cached_hashes(tools) if sha.startswith(typed.lower())]
+        elif isinstance(ref, PromptReference) and argument.name.startswith("audio"):
+            # The SDK passes no session to completion handlers, so these are the server's roots.
+            paths = await anyio.to_thread.run_sync(find_audio_files, list(tools.settings.allowed_roots()), "*")
+            needle = typed.lower()
+            # A typed prefix of the path, or any part of it (a song's name).
+            values = [str(p) for p in paths if str(p).lower().startswith(needle)] or \
+                     [str(p) for p in paths if needle in str(p).lower()]
+        else:
+            return None
+        return Completion(values=values[:100], total=len(values), has_more=len(values) > 100)
+
+
+def cached_hashes(tools: MusicTools) -> list[str]:
+    """The content hashes with analyses in the cache directory (the store is <dir>/<sha[:2]>/<sha>/)."""
+    directory = tools.cache.directory
+    if directory is None or not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.glob("??/*") if re.fullmatch(r"[0-9a-f]{64}", p.name))
+
+
+def preload_model(tools: MusicTools) -> threading.Thread:
+    """Load the music-language model in a background thread, so the first model call does not pay for it
+    (a call that comes earlier waits for this load instead of starting its own)."""
+
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            tools.model.info()
+        except Exception as exc:  # no model here: the model tools will say so; the DSP tools work regardless
+            log.warning("model preload failed (%s: %s); model tools will report it", type(exc).__name__, exc)
+            return
+        log.info("model loaded in the background in %.1f s", time.perf_counter() - started)
+
+    thread = threading.Thread(target=load, name="model-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _version() -> str:
