@@ -18,6 +18,7 @@ from model.dsp.results import (
     ChordsResult,
     ClipAnalysis,
     KeyResult,
+    SectionsResult,
     TempoResult,
 )
 
@@ -198,3 +199,13 @@ class RoutedAnswer(BaseModel):
     model_answer: ModelAnswer | None = None
     warning: str | None = None
 
+
+# --- song structure ------------------------------------------------------------------
+
+
+class SectionsReport(BaseModel):
+    """Song sections on the bar grid, lettered so repeats share a letter (A B A B ...)."""
+
+    summary: str
+    audio: AudioInfo
+    sections: SectionsResult

@@ -54,6 +54,7 @@ from agent_tools.schemas import (
     MusicCaption,
     OptionProbability,
     RoutedAnswer,
+    SectionsReport,
     TempoReport,
 )
 from agent_tools.similarity import (
@@ -146,6 +147,7 @@ TOOL_SPECS: list[ToolSpec] = [
     ToolSpec("track_beats", "Track beats, downbeats and meter"),
     ToolSpec("detect_key", "Detect the musical key"),
     ToolSpec("recognize_chords", "Recognise chords"),
+    ToolSpec("detect_sections", "Find song sections and repeats"),
     ToolSpec("ask_about_music", "Ask the music-language model about a clip", uses_model=True),
     ToolSpec("describe_music", "Describe a clip in words", uses_model=True),
     ToolSpec("choose_answer", "Answer a multiple-choice question about a clip", uses_model=True),
@@ -338,6 +340,17 @@ class MusicTools:
         clip, info = self.load(audio, offset_s, duration_s)
         chords = self.measure("chords", clip)
         return ChordsReport(summary=chords.summary, audio=info, chords=chords)
+
+    def detect_sections(self, audio: Audio, offset_s: Offset = 0.0, duration_s: Duration = None) -> SectionsReport:
+        """Find the song's sections (verse, chorus, bridge ...) as bar-aligned time spans lettered so that
+        sections that sound alike share a letter: form 'ABAB' means two sections, each heard twice.
+
+        Use it for "what is the structure/form", "where does the chorus come back", or to cut a song
+        into parts. Works best on whole songs (a 30 s excerpt holds only a section or two).
+        """
+        clip, info = self.load(audio, offset_s, duration_s)
+        sections = self.measure("sections", clip)
+        return SectionsReport(summary=sections.summary, audio=info, sections=sections)
 
     # --- model tools -------------------------------------------------------------------
 

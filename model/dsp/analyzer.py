@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from model.audio import MADMOM_RATE, AudioClip
+from model.dsp import sections as form
 from model.dsp.pitch_names import key_name, pitch_class, respell_chord, root_names
 from model.dsp.results import (
     BeatsResult,
@@ -34,6 +35,8 @@ from model.dsp.results import (
     ClipAnalysis,
     KeyCandidate,
     KeyResult,
+    Section,
+    SectionsResult,
     TempoCandidate,
     TempoResult,
 )
@@ -114,6 +117,16 @@ class MusicAnalyzer:
                 names = root_names(pitch_class(key.tonic), key.mode) if key.key else root_names()
                 feats["chords"] = self._estimate_chords(clip, feats, names)
             return feats["chords"]
+
+    def sections(self, clip: AudioClip) -> SectionsResult:
+        """Song sections on our bar grid, lettered so that repeats share a letter (A B A B ...)."""
+        if clip.is_silent:
+            return SectionsResult(sections=[], form="", confidence=0.0, summary="No sections: the audio is silent.")
+        with self._lock:
+            feats = self._features(clip)
+            if "sections" not in feats:
+                feats["sections"] = self._estimate_sections(clip, feats)
+            return feats["sections"]
 
     def analyze(self, clip: AudioClip) -> ClipAnalysis:
         """All analyses at once, sharing one beat activation and one chroma computation."""
@@ -228,6 +241,31 @@ class MusicAnalyzer:
             alternatives=runners_up,
             summary=f"Key {name} (confidence {posterior[best]:.2f}; next: {runners_up[0].key}).",
         )
+
+    # ---- sections --------------------------------------------------------------
+
+    def _estimate_sections(self, clip: AudioClip, feats: dict) -> SectionsResult:
+        rhythm = self._rhythm(clip)
+        offset, end = clip.offset_s, clip.duration_s
+        beats = rhythm.get("beats_array")
+        if beats is None or len(beats) < 2:
+            return SectionsResult(sections=[], form="", confidence=0.0,
+                                  summary="No sections: no steady beat, so no bars to divide the music into.")
+        downbeats = np.array(rhythm["beats"].downbeats_s) - offset
+        bar_s = float(np.median(np.diff(downbeats))) if len(downbeats) > 1 else 4 * float(np.median(np.diff(beats)))
+        # Bars run from each downbeat to the next; the last one is closed one bar later (or at the end).
+        bars = np.r_[downbeats, min(downbeats[-1] + bar_s, end)] if len(downbeats) else np.arange(0, end, bar_s)
+        spectrum, spectrum_fps = form.band_spectrum(np.asarray(feats["signal"]), MADMOM_RATE)
+        features = form.bar_features(bars, self._get(feats, "chroma"), CHROMA_FPS, spectrum, spectrum_fps)
+        starts, letters, confidence = form.segment(features)
+        edges = starts + [len(bars) - 1]
+        found = [Section(start_s=round(float(bars[a]) + offset, 3), end_s=round(float(bars[b]) + offset, 3), label=letter, bars=b - a)
+                 for a, b, letter in zip(edges[:-1], edges[1:], letters)]
+        shape = "".join(letters)
+        summary = (f"Form {shape}: {len(found)} sections of "
+                   + ", ".join(f"{s.label} {s.bars} bars at {s.start_s:.1f} s" for s in found[:8])
+                   + (" ..." if len(found) > 8 else "") + f" (confidence {confidence:.2f}).")
+        return SectionsResult(sections=found, form=shape, confidence=round(confidence, 3), summary=summary)
 
     # ---- chords ----------------------------------------------------------------
 

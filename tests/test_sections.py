@@ -1,0 +1,108 @@
+"""detect_sections: song form from bar features, on real rendered music with a known A B A B form."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from agent_tools.config import Settings
+from agent_tools.tools import MusicTools
+from model.audio import load_audio
+from model.dsp import sections as form
+from model.errors import InputError
+from training.synth import write_song
+
+BAR_S = 2.0  # 120 BPM in 4/4
+SECTION_BARS = 8
+
+
+def _blocks(pattern: str, bars: int, rng) -> np.ndarray:
+    """Bar features where each letter is its own (noisy) direction: a toy song with a known form."""
+    centres = {letter: rng.normal(size=36) for letter in set(pattern)}
+    rows = [centres[letter] + 0.2 * rng.normal(size=36) for letter in pattern for _ in range(bars)]
+    rows = np.array(rows)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_segment_finds_the_form_and_its_boundaries():
+    starts, letters, confidence = form.segment(_blocks("ABAB", 8, np.random.default_rng(0)))
+    assert starts == [0, 8, 16, 24]
+    assert "".join(letters) == "ABAB"
+    assert 0 < confidence <= 1
+
+
+def test_segment_letters_three_sections_in_order_of_appearance():
+    starts, letters, _ = form.segment(_blocks("ABCA", 6, np.random.default_rng(1)))
+    assert starts == [0, 6, 12, 18] and "".join(letters) == "ABCA"
+
+
+def test_segment_gives_one_section_when_nothing_changes_or_the_clip_is_short():
+    same = form.segment(_blocks("A", 32, np.random.default_rng(2)))
+    assert same[0] == [0] and same[1] == ["A"]
+    short = form.segment(_blocks("AB", 3, np.random.default_rng(3)))
+    assert short == ([0], ["A"], 0.0)
+
+
+@pytest.fixture(scope="module")
+def abab_song(tmp_path_factory):
+    """Two really different arrangements at one tempo, played A B A B (8 bars each)."""
+    folder = tmp_path_factory.mktemp("sections")
+    seconds = SECTION_BARS * BAR_S
+    verse = write_song(folder, seed=21, duration_s=seconds, name="verse", style="rock", tempo_bpm=120.0, key=(9, "minor"))
+    chorus = write_song(folder, seed=22, duration_s=seconds, name="chorus", style="chamber", tempo_bpm=120.0, key=(5, "major"))
+    assert verse.beats_per_bar == chorus.beats_per_bar == 4
+    a, rate = sf.read(folder / "verse.wav", dtype="float32")
+    b, _ = sf.read(folder / "chorus.wav", dtype="float32")
+    n = int(seconds * rate)
+    song = np.concatenate([np.pad(x, (0, max(0, n - len(x))))[:n] for x in (a, b, a, b)])
+    path = folder / "abab.wav"
+    sf.write(path, song, rate, subtype="PCM_16")
+    return path
+
+
+def test_analyzer_hears_abab_on_bar_boundaries(analyzer, abab_song):
+    result = analyzer.sections(load_audio(abab_song))
+    assert result.form == "ABAB", result.summary
+    starts = [s.start_s for s in result.sections]
+    assert np.allclose(starts[1:], [16.0, 32.0, 48.0], atol=BAR_S), starts
+    downbeats = analyzer.beats(load_audio(abab_song)).downbeats_s
+    for section in result.sections:  # bar-aligned: every start is one of our downbeats
+        assert min(abs(section.start_s - d) for d in downbeats) < 1e-3 or section.start_s == result.sections[0].start_s
+        assert section.bars >= form.MIN_SECTION_BARS
+    assert result.summary.startswith("Form ABAB")
+
+
+def test_detect_sections_tool_reports_in_file_time_and_refuses_silence(tmp_path, abab_song):
+    tools = MusicTools(Settings(roots=(abab_song.parent, tmp_path), cache_dir=tmp_path / "cache"))
+    report = tools.detect_sections(str(abab_song), offset_s=16.0, duration_s=32.0)
+    assert report.audio.sha256 and report.sections.sections
+    assert all(16.0 <= s.start_s < 48.0 for s in report.sections.sections)  # file times, not window times
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(44100 * 3, dtype=np.float32), 44100)
+    with pytest.raises(InputError, match="silent"):  # the toolbox tells the agent plainly
+        tools.detect_sections(str(silent))
+    from model.dsp.analyzer import MusicAnalyzer
+
+    quiet = MusicAnalyzer().sections(load_audio(silent))  # the analyzer itself answers "nothing found"
+    assert quiet.sections == [] and quiet.form == "" and "silent" in quiet.summary
+
+
+@pytest.mark.skipif(shutil.which("mma") is None, reason="Debian's mma is not installed")
+def test_mma_song_labels_match_what_the_analyzer_hears(tmp_path, monkeypatch, analyzer):
+    from training import corpora
+
+    if not corpora.SECOND_SOUNDFONT.exists():
+        pytest.skip("the TimGM6mb soundfont is not installed")
+    monkeypatch.setattr(corpora, "MMA_SONGS", corpora.MMA_SONGS[7:8])  # one 4/4 song: 8Beat / 8BeatSus
+    (clip,) = corpora.mma_clips(tmp_path)
+    assert [s[2] for s in clip.sections] == list("ABAB") and clip.key.endswith("major")
+    assert clip.downbeats_s == clip.beats_s[::4]
+    audio = load_audio(tmp_path / clip.path)
+    assert abs(audio.duration_s - clip.duration_s) < 0.1
+    # The labels describe the audio: the labelled tempo is what we hear, or its half/double reading.
+    tempo = analyzer.tempo(audio)
+    heard = [tempo.bpm] + [alt.bpm for alt in tempo.alternatives]
+    assert any(abs(bpm / clip.tempo_bpm - 1) < 0.04 for bpm in heard), (heard, clip.tempo_bpm)
