@@ -1,7 +1,7 @@
 """The README and the registry files say what the code does.
 
-The README's tools and configuration tables are generated from `TOOL_SPECS` and
-`Settings.reference()`; after changing either, rewrite them with
+The README's tools and configuration tables (and manifest.json's tool list) are generated
+from `TOOL_SPECS` and `Settings.reference()`; after changing either, rewrite them with
 
     .venv/bin/python tests/test_readme.py --write
 """
@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 MCPB_VERSION = "2.1.2"
 # Tools that use more than their spec's `uses_model` says (routing, model tags beside DSP values).
-MIXED_BACKENDS = {"answer_music_question": "DSP + TinyMU", "clip_attributes": "DSP + TinyMU tags"}
+MIXED_BACKENDS = {"answer_music_question": "DSP + TinyMU", "clip_attributes": "DSP + TinyMU tags",
+                  "list_audio_files": "files"}
 
 
 def tools_table() -> str:
@@ -128,4 +129,10 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     sys.path.insert(0, str(REPO))
     README.write_text(rewrite(README.read_text()))
-    print("README.md tables rewritten")
+    from agent_tools.tools import TOOL_SPECS
+
+    manifest_file = REPO / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["tools"] = [{"name": spec.name, "description": spec.title} for spec in TOOL_SPECS]
+    manifest_file.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    print("README.md tables and manifest.json's tool list rewritten")
