@@ -172,7 +172,8 @@ class ResultCache:
                 probe.write("probe")
                 probe.flush()
         except OSError as exc:
-            self.warning = (f"the cache directory {self.directory} is not usable ({exc.strerror or exc}); results are "
+            reason = "it is a file, not a folder" if self.directory.is_file() else (exc.strerror or str(exc))
+            self.warning = (f"the cache directory {self.directory} is not usable ({reason}); results are "
                             "cached in memory only. Set TINYMU_CACHE_DIR (or --cache-dir) to a writable folder.")
             log.warning(self.warning)
             self.directory = None

@@ -481,6 +481,36 @@ async def test_a_timed_out_call_never_takes_the_slot_it_was_waiting_for(music):
     slot.release()
 
 
+async def test_cached_answers_never_wait_behind_an_analysis(music):
+    # Decoding has slots of its own, so a cache hit is answered while every compute slot is busy.
+    settings = settings_for(music, max_concurrency=1)
+    tools = MusicTools(settings)
+    server = build_server(settings, tools=tools)
+    async with Client(server) as client:
+        first = await client.call_tool("detect_key", {"audio": str(music["song"])})
+        assert not first.is_error
+        tools._compute_slots.acquire()  # a long analysis holds the only slot
+        try:
+            started = time.monotonic()
+            again = await client.call_tool("detect_key", {"audio": str(music["song"])})
+            waited = time.monotonic() - started
+        finally:
+            tools._compute_slots.release()
+    assert not again.is_error and again.structured_content == first.structured_content
+    assert waited < 2.0
+
+
+def test_the_stdio_server_starts_with_an_unusable_cache_dir_and_says_so(tmp_path):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file")
+    env = {**os.environ, "TINYMU_CACHE_DIR": str(not_a_folder), "TINYMU_PRELOAD_MODEL": "0", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "mcp_server"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "it is a file, not a folder" in done.stderr and "TINYMU_CACHE_DIR" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.fixture(scope="module")
 def http_server(music):
     """The MCP server over streamable HTTP as `tinymu-mcp --http` serves it, in a thread (1 s idle timeout)."""
