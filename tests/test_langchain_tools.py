@@ -46,6 +46,19 @@ def test_sync_call_gives_summary_content_and_full_artifact(setup):
     assert message.artifact["audio"]["sha256"]
 
 
+def test_content_carries_the_timed_chord_changes_the_artifact_has(setup):
+    """"List the chord changes with their timings" is answerable from the text the LLM reads."""
+    folder, _, tools = setup
+    call = {"name": "recognize_chords", "args": {"audio": str(folder / "pop_c_major_fast.wav")}, "id": "c1",
+            "type": "tool_call"}
+    message = tools["recognize_chords"].invoke(call)
+    segments = message.artifact["chords"]["segments"]
+    assert message.content.startswith(message.artifact["summary"]) and len(segments) >= 3
+    for segment in segments:
+        assert f"{segment['start_s']:.1f} {segment['label']}" in message.content
+    assert "detail" in tools["recognize_chords"].args and "detail" not in tools["describe_music"].args
+
+
 def test_async_call_matches_sync(setup):
     folder, _, tools = setup
     args = {"audio": str(folder / "ballad_f_major_slow.wav")}
