@@ -20,7 +20,7 @@ from pathlib import Path
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
@@ -212,16 +212,22 @@ class MusicTools:
                                              settings.threads)
             return self._model
 
-    def load(self, audio: str, offset_s: float = 0.0, duration_s: float | None = None) -> tuple[AudioClip, AudioInfo]:
-        """Resolve and decode the `audio` argument of a call: the clip and what it is."""
+    def load(self, audio: str, offset_s: float = 0.0, duration_s: float | None = None, *,
+             dsp: bool = True) -> tuple[AudioClip, AudioInfo]:
+        """Resolve and decode the `audio` argument of a call: the clip and what it is.
+
+        dsp: the clip will be analysed by madmom, whose working memory counts in the call's budget
+        (False: only the model listens, to the first seconds, so decoding is all that counts)."""
         report_progress(0, 3, "fetching audio")
         resolved = resolve_audio(audio, self.settings)
         report_progress(1, 3, "decoding audio")
         try:
             with self._slot(self._decode_slots, "decoding"):
                 # From the descriptor opened under the root (never the path again), within the memory budget.
-                clip = load_audio(resolved.readable, offset_s=offset_s, duration_s=duration_s,
-                                  limits=self.settings.audio_limits, name=resolved.label)
+                limits = self.settings.audio_limits if dsp else replace(self.settings.audio_limits,
+                                                                         analysis_bytes_per_second=0)
+                clip = load_audio(resolved.readable, offset_s=offset_s, duration_s=duration_s, limits=limits,
+                                  name=resolved.label)
         finally:
             resolved.close()
         if clip.is_silent:
@@ -370,7 +376,7 @@ class MusicTools:
             report_progress(0, 3, "loading the music-language model (first call only)")
         model = self.model  # fail fast, before decoding, when there is no model
         backend = self._backend()
-        clip, info = self.load(audio, offset_s, duration_s)
+        clip, info = self.load(audio, offset_s, duration_s, dsp=False)
         report_progress(2, 3, "listening (music-language model)")
         return clip.resampled(MODEL_RATE).samples, info, model, backend
 
@@ -447,7 +453,7 @@ class MusicTools:
         Use it when unsure which tool fits; call a specific tool when you know what you need.
         """
         decision = route(question)
-        clip, info = self.load(audio, offset_s, duration_s)
+        clip, info = self.load(audio, offset_s, duration_s, dsp=bool(decision.dsp))
         measured: dict[str, object] = {}
         evidence: list[str] = []
         answers: list[str] = []

@@ -61,13 +61,15 @@ class AudioLimits:
     min_duration_s: float = 1.0
     # Memory one decoded window may cost (see `window_memory_bytes`); None: no budget (offline tools).
     max_memory_bytes: int | None = None
+    # What its analysis costs per second of audio: madmom's by default; 0 when only the model listens.
+    analysis_bytes_per_second: float = ANALYSIS_BYTES_PER_SECOND
 
 
-def window_memory_bytes(frames: int, rate: int) -> int:
+def window_memory_bytes(frames: int, rate: int, analysis_bytes_per_second: float = ANALYSIS_BYTES_PER_SECOND) -> int:
     """What decoding and analysing `frames` frames at `rate` Hz costs: the mono window at its own rate,
-    its 44.1 kHz copy for madmom, and madmom's working memory (the largest part)."""
+    its 44.1 kHz copy for madmom, and the analysis' working memory (madmom's is the largest part)."""
     seconds = frames / rate
-    return int(frames * 4 + seconds * MADMOM_RATE * 4 + seconds * ANALYSIS_BYTES_PER_SECOND)
+    return int(frames * 4 + seconds * MADMOM_RATE * 4 + seconds * analysis_bytes_per_second)
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,10 +216,11 @@ def _check_memory(name: str, frames: int, rate: int, channels: int, limits: Audi
     (`interleaved`: the window is read in one piece, all channels at once)."""
     if limits.max_memory_bytes is None:
         return
-    needed = window_memory_bytes(frames, rate) + (frames * channels * 4 if interleaved else 0)
+    needed = window_memory_bytes(frames, rate, limits.analysis_bytes_per_second)
+    needed += frames * channels * 4 if interleaved else 0
     if needed <= limits.max_memory_bytes:
         return
-    per_second = window_memory_bytes(rate, rate)
+    per_second = window_memory_bytes(rate, rate, limits.analysis_bytes_per_second) + (rate * channels * 4 if interleaved else 0)
     fits_s = limits.max_memory_bytes / per_second
     raise AudioTooLargeError(
         f"{name}: analysing {frames / rate:.1f} s of this audio ({channels} channel(s) at {rate} Hz) needs about "

@@ -99,6 +99,10 @@ def test_a_silent_bomb_is_refused_from_its_header_before_decoding(tmp_path, musi
     fits = float(re.search(r"duration_s <= ([0-9.]+)", str(error)).group(1))
     clip = load_audio(bomb, duration_s=fits, limits=tools.settings.audio_limits)
     assert clip.duration_s == pytest.approx(fits, abs=0.01)
+    # When only the model listens (no madmom), decoding is all that counts: the same file is decoded
+    # (and then found silent), not refused for the analysis' memory.
+    with pytest.raises(InputError, match="is silent"):
+        tools.load(data_uri(bomb), dsp=False)
 
 
 def test_decoding_runs_in_blocks_so_channels_never_exist_whole(tmp_path):
