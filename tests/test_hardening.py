@@ -487,6 +487,7 @@ async def test_a_timed_out_call_never_takes_the_slot_it_was_waiting_for(music):
 
 async def test_cached_answers_never_wait_behind_an_analysis(music):
     # Decoding has slots of its own, so a cache hit is answered while every compute slot is busy.
+    # (A guard of that design: the code before issue 21 passed it too, as it did not bound decoding.)
     settings = settings_for(music, max_concurrency=1)
     tools = MusicTools(settings)
     server = build_server(settings, tools=tools)
@@ -505,6 +506,7 @@ async def test_cached_answers_never_wait_behind_an_analysis(music):
 
 
 def test_the_stdio_server_starts_with_an_unusable_cache_dir_and_says_so(tmp_path):
+    # Before issue 21 the server started too, but every analysis then failed (see the cache tests above).
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file")
     env = {**os.environ, "TINYMU_CACHE_DIR": str(not_a_folder), "TINYMU_PRELOAD_MODEL": "0", "PYTHONPATH": str(REPO)}
