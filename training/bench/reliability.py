@@ -191,7 +191,11 @@ def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, s
 # --- 3. endurance ----------------------------------------------------------------------------
 
 
-def endurance(clips_dir: Path, calls: int) -> list[tuple[int, float]]:
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def endurance(clips_dir: Path, calls: int) -> list[tuple[int, float, int]]:
     clip = render_clips(clips_dir, ["cached_0"], 5.0, 1000)[0]
     bad = [str(clips_dir / "missing.wav"), "data:audio/wav;base64,!!!", str(clips_dir)]
     samples = []
@@ -204,7 +208,7 @@ def endurance(clips_dir: Path, calls: int) -> list[tuple[int, float]]:
                         args = {"audio": str(clip)} if i % 2 == 0 else {"audio": bad[i % len(bad)]}
                         await client.call_tool("estimate_tempo", args)
                         if i % max(1, calls // 10) == 0 or i == calls - 1:
-                            samples.append((i + 1, memory_mb(process.pid)["VmRSS"]))
+                            samples.append((i + 1, memory_mb(process.pid)["VmRSS"], open_files(process.pid)))
 
             asyncio.run(run_all())
         finally:
@@ -337,10 +341,10 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"endurance: {args.endurance_calls} calls in a row ...")
         samples = endurance(clips_dir, args.endurance_calls)
         out.print(f"\n[b]3. endurance[/b]: {args.endurance_calls} estimate_tempo calls in a row on one session "
-                  "(cached answers and refused inputs alternating); server RSS, MB:")
-        out.print("  " + "  ".join(f"{n}: {rss:.0f}" for n, rss in samples))
+                  "(cached answers and refused inputs alternating); server RSS, MB (open files):")
+        out.print("  " + "  ".join(f"{n}: {rss:.0f} ({fds})" for n, rss, fds in samples))
         growth = samples[-1][1] - samples[1][1] if len(samples) > 2 else 0.0
-        out.print(f"  growth after the first tenth: {growth:+.1f} MB")
+        out.print(f"  growth after the first tenth: {growth:+.1f} MB, {samples[-1][2] - samples[1][2]:+d} open files")
 
     if "race" in parts:
         console.print(f"race: {args.race_seconds:g} s of swapping a folder for a symlink during calls ...")
