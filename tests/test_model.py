@@ -302,43 +302,6 @@ def test_muchomusic_summary():
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def _official_state(model: TinyMU) -> dict[str, torch.Tensor]:
-    """Our weights under the reference module names, as the released tinymu.pt stores them."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("encoder.blocks.") or key.startswith("encoder.norm."):
-            state["audio_encoder.enc.student_encoder." + key.removeprefix("encoder.")] = value
-        elif key.startswith("encoder."):
-            state["audio_encoder.enc." + key.removeprefix("encoder.")] = value
-        elif key.startswith("lm."):
-            state["text_decoder.lm." + key.removeprefix("lm.")] = value
-        else:
-            state[key] = value
-    state["audio_encoder.enc.log_mel.melspec.spectrogram.window"] = torch.hann_window(400)
-    state["audio_encoder.enc.log_mel.melspec.mel_scale.fb"] = model.encoder.log_mel.mel_fb.T * 1.5
-    return state
-
-
-def test_official_tinymu_layout_loads_strictly(tiny, tmp_path):
-    state = _official_state(tiny)
-    assert {k.split(".")[0] for k in state} == {"audio_encoder", "projector", "text_decoder"}
-    assert "projector.linear1.weight" in state and "audio_encoder.enc.pos_embed" in state
-    path = tmp_path / "tinymu.pt"
-    torch.save({"model": state, "epoch": 3}, path)
-    fresh = checkpoints.load_official_tinymu(build_model(preset("tiny")), path)
-    fresh_state = fresh.state_dict()
-    for key, value in tiny.state_dict().items():
-        assert torch.equal(fresh_state[key], value), key
-    # The front-end buffers come from the file.
-    torch.testing.assert_close(fresh.encoder.log_mel.mel_fb, tiny.encoder.log_mel.mel_fb * 1.5)
-
-    missing = {k: v for k, v in state.items() if k != "projector.linear2.bias"}
-    with pytest.raises(checkpoints.CheckpointError, match="linear2.bias"):
-        checkpoints.load_official_tinymu(build_model(preset("tiny")), {"model": missing})
-    with pytest.raises(checkpoints.CheckpointError, match="unexpected key"):
-        checkpoints.load_official_tinymu(build_model(preset("tiny")), {"model": {**state, "decoder.x": torch.zeros(1)}})
-
-
 def _matpac_state(model: TinyMU) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in model.encoder.state_dict().items():

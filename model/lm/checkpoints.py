@@ -3,8 +3,9 @@
 Three formats come in:
 
 * the official release `tinymu.pt` (a dict whose "model" state dict uses the reference
-  module names `audio_encoder.enc.*`, `projector.linear{1,2}.*`, `text_decoder.lm.*`),
-  loaded strictly through a key map;
+  module names `audio_encoder.enc.*`, `projector.linear{1,2}.*`, `text_decoder.lm.*`,
+  `text_decoder.embed_fn.weight`), loaded strictly through a key map, also from the
+  Hugging Face hub (`hf:AndreasXi/TinyMU`, see `download_official`);
 * an official MATPAC++ encoder file (flat keys `patch_embed.*`, `cls_token`, `pos_embed`,
   `student_encoder.blocks.N.*`, `student_encoder.norm.*`), refused when `pos_embed` or a
   block is missing - the reference loads it with strict=False, where a missing
@@ -48,50 +49,121 @@ class CheckpointError(InputError):
 
 
 # -- official reference formats ----------------------------------------------------------
+#
+# The reference model (xiquan-li/TinyMU, `m2t`) is `audio_encoder.enc` (the MATPAC++ wrapper)
+# -> `projector` (linear1, ReLU, linear2) -> `text_decoder.lm` (a transformers
+# LlamaForCausalLM, SmolLM2-135M). `torch.save` writes its whole state dict under "model":
+# 430 keys for the official sizes (docs/official-weights.md):
+#
+#   audio_encoder.enc.patch_embed.proj.{weight,bias}, .cls_token, .pos_embed          4
+#   audio_encoder.enc.student_encoder.blocks.{0..11}.{norm1,attn.qkv,attn.proj,
+#       norm2,mlp.fc1,mlp.fc2}.{weight,bias}, audio_encoder.enc.student_encoder.norm.*  146
+#   audio_encoder.enc.log_mel.MelSpectrogram.spectrogram.window  [400]      (torchaudio buffers)
+#   audio_encoder.enc.log_mel.MelSpectrogram.mel_scale.fb        [201, 80]                2
+#   projector.linear{1,2}.{weight,bias}                                                 4
+#   text_decoder.lm.* (lm_head.weight tied to model.embed_tokens.weight)               273
+#   text_decoder.embed_fn.weight (the decoder registers lm.model.embed_tokens twice)     1
+#
+# Every key is either loaded, or a known duplicate that is checked equal to what it
+# duplicates: nothing is skipped unseen.
 
+OFFICIAL_HUB_REPO = "AndreasXi/TinyMU"  # the release: tinymu.pt + tinymu.yaml
+OFFICIAL_HUB_FILE = "tinymu.pt"
 _OFFICIAL_PREFIXES = (
     ("audio_encoder.enc.student_encoder.", "encoder."),
     ("audio_encoder.enc.", "encoder."),
     ("projector.", "projector."),
     ("text_decoder.lm.", "lm."),
 )
-_IGNORED = re.compile(r"(^|\.)(head_norm|head)\.|rotary_emb\.inv_freq$")
+OFFICIAL_WINDOW_KEY = "audio_encoder.enc.log_mel.MelSpectrogram.spectrogram.window"
+OFFICIAL_FILTERBANK_KEY = "audio_encoder.enc.log_mel.MelSpectrogram.mel_scale.fb"  # torchaudio: [freqs, mels]
+OFFICIAL_EMBED_KEY = "text_decoder.lm.model.embed_tokens.weight"
+# Copies of the input embedding the reference state dict carries: the decoder's `embed_fn`
+# alias always, the output layer when the embeddings are tied (SmolLM2 ties them).
+OFFICIAL_EMBED_ALIAS_KEY = "text_decoder.embed_fn.weight"
+OFFICIAL_LM_HEAD_KEY = "text_decoder.lm.lm_head.weight"
+# Written by transformers releases that kept the rotary frequencies persistent; they are a
+# function of the config, so they are checked against ours and dropped.
+_ROTARY_KEY = re.compile(r"\.rotary_emb\.inv_freq$")
+_MATPAC_HEAD = re.compile(r"^(head_norm|head)\.")  # AudioSet classifier of the encoder-only file
 
 
 def _torch_load(path: str | Path) -> dict:
+    """A PyTorch file, tensors only (no code runs), memory-mapped where the format allows:
+    the reference's files also carry the optimizer state, which is then never read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint not found: {path}") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
-        raise CheckpointError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
+        raise CheckpointError(f"cannot read {path} as a PyTorch state dict (tensors, numbers and strings "
+                              f"only are accepted): {exc}") from exc
 
 
-def _load_front_end(model: TinyMU, key: str, tensor: torch.Tensor) -> None:
-    """The reference stores its log-mel window and filterbank as buffers; ours are computed
-    from the config. Take theirs when the shapes fit, so the numbers are theirs exactly."""
+def _official_state(blob) -> dict[str, torch.Tensor]:
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError("an official TinyMU checkpoint is a dict whose 'model' entry is the state dict")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"the state dict holds non-tensors under {not_tensors[:3]}")
+    return state
+
+
+def _check_duplicate(state: dict, key: str, of: str) -> None:
+    if key in state and not (state[key].shape == state[of].shape and torch.equal(state[key], state[of])):
+        raise CheckpointError(f"{key} should be the same tensor as {of} (the reference ties them) but differs: "
+                              "this file was not written by the reference model")
+
+
+def _load_front_end(model: TinyMU, window: torch.Tensor, filterbank: torch.Tensor) -> None:
+    """The reference stores its log-mel window and mel filterbank (torchaudio buffers); ours
+    are computed from the config. Take theirs, so the numbers are theirs exactly, after
+    checking they are the same front end (a mismatch means the config is wrong for the file)."""
     log_mel = model.encoder.log_mel
-    if tensor.ndim == 1 and tensor.shape == log_mel.window.shape:
-        log_mel.window.copy_(tensor)
-    elif tensor.ndim == 2 and tensor.shape == log_mel.mel_fb.T.shape:  # torchaudio stores [freqs, mels]
-        log_mel.mel_fb.copy_(tensor.T)
-    elif tensor.ndim == 2 and tensor.shape == log_mel.mel_fb.shape:
-        log_mel.mel_fb.copy_(tensor)
-    else:
-        log.warning("ignoring front-end buffer %s with shape %s", key, tuple(tensor.shape))
+    filterbank = filterbank.T  # torchaudio multiplies [frames, freqs] @ [freqs, mels]; ours is [mels, freqs]
+    for name, theirs, ours in (("window", window, log_mel.window), ("mel filterbank", filterbank, log_mel.mel_fb)):
+        if theirs.shape != ours.shape:
+            raise CheckpointError(f"the checkpoint's log-mel {name} has shape {tuple(theirs.shape)}; this "
+                                  f"encoder config computes {tuple(ours.shape)}")
+        # Different libraries compute the same filterbank to float32 rounding (~1e-7).
+        if not torch.allclose(theirs.float(), ours.float(), rtol=1e-4, atol=1e-6):
+            raise CheckpointError(f"the checkpoint's log-mel {name} differs from the one the encoder config "
+                                  f"describes (max difference {float((theirs - ours).abs().max()):.3g}): the "
+                                  "front-end parameters do not match this file")
+    with torch.no_grad():
+        log_mel.window.copy_(window)
+        log_mel.mel_fb.copy_(filterbank)
 
 
 def load_official_tinymu(model: TinyMU, source: str | Path | dict) -> TinyMU:
-    """Load the reference `tinymu.pt` (or its state dict) into `model`, strictly."""
-    blob = source if isinstance(source, dict) else _torch_load(source)
-    state = blob.get("model", blob)
+    """Load the reference `tinymu.pt` (or its dict / state dict) into `model`, strictly:
+    every key of the file is loaded or is a known duplicate checked equal to the tensor it
+    duplicates, and every tensor of `model` is loaded (the front-end buffers included)."""
+    state = _official_state(source if isinstance(source, dict) else _torch_load(source))
+    if OFFICIAL_EMBED_KEY not in state:
+        raise CheckpointError(f"no {OFFICIAL_EMBED_KEY}: this is not an official TinyMU checkpoint")
+    _check_duplicate(state, OFFICIAL_EMBED_ALIAS_KEY, OFFICIAL_EMBED_KEY)
+    if model.cfg.lm.tie_word_embeddings:
+        _check_duplicate(state, OFFICIAL_LM_HEAD_KEY, OFFICIAL_EMBED_KEY)
+    for key in (OFFICIAL_WINDOW_KEY, OFFICIAL_FILTERBANK_KEY):
+        if key not in state:
+            raise CheckpointError(f"no {key}: the log-mel front end of the official checkpoint is missing")
+    ours = model.state_dict(keep_vars=True)
+    rotary = next((m.inv_freq for m in model.lm.modules() if hasattr(m, "inv_freq")), None)
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        if _IGNORED.search(key):
-            continue
-        if key.startswith("audio_encoder.enc.log_mel.") or key.startswith("audio_encoder.enc.melspec"):
-            with torch.no_grad():
-                _load_front_end(model, key, tensor)
+        if key in (OFFICIAL_EMBED_ALIAS_KEY, OFFICIAL_WINDOW_KEY, OFFICIAL_FILTERBANK_KEY):
+            continue  # checked above / loaded below
+        if _ROTARY_KEY.search(key):
+            if rotary is None or not torch.allclose(tensor.float(), rotary.float().cpu(), rtol=1e-5):
+                raise CheckpointError(f"{key} does not match the rotary frequencies of rope_theta="
+                                      f"{model.cfg.lm.rope_theta}")
             continue
         for old, new in _OFFICIAL_PREFIXES:
             if key.startswith(old):
@@ -99,10 +171,51 @@ def load_official_tinymu(model: TinyMU, source: str | Path | dict) -> TinyMU:
                 break
         else:
             raise CheckpointError(f"unexpected key {key!r}: this is not an official TinyMU checkpoint")
-    if model.cfg.lm.tie_word_embeddings and "lm.lm_head.weight" not in mapped:
-        mapped["lm.lm_head.weight"] = mapped.get("lm.model.embed_tokens.weight")
+    if model.cfg.lm.tie_word_embeddings:
+        mapped.setdefault("lm.lm_head.weight", mapped["lm.model.embed_tokens.weight"])
+    unknown = sorted(set(mapped) - set(ours))
+    if unknown:
+        raise CheckpointError(f"unexpected key {_official_name(unknown[0])!r} (and {len(unknown) - 1} more): "
+                              "this is not an official TinyMU checkpoint of this model's sizes")
     _strict_load(model, mapped, "official TinyMU checkpoint")
+    _load_front_end(model, state[OFFICIAL_WINDOW_KEY], state[OFFICIAL_FILTERBANK_KEY])
+    if model.cfg.lm.tie_word_embeddings:
+        model.lm.tie_weights()
     return model
+
+
+def _official_name(key: str) -> str:
+    """Our state-dict key under the reference's name (for messages)."""
+    if key.startswith(("encoder.blocks.", "encoder.norm.")):
+        return "audio_encoder.enc.student_encoder." + key.removeprefix("encoder.")
+    if key.startswith("encoder."):
+        return "audio_encoder.enc." + key.removeprefix("encoder.")
+    return "text_decoder.lm." + key.removeprefix("lm.") if key.startswith("lm.") else key
+
+
+def download_official(spec: str, cache_dir: str | Path | None = None) -> Path:
+    """`hf:OWNER/NAME[/FILE][@REVISION]` -> the local path of that file of a Hugging Face model
+    repository (FILE defaults to tinymu.pt), downloaded through huggingface_hub into its cache
+    (or `cache_dir`) or found there when the machine is offline (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    body = spec.removeprefix("hf:")
+    body, _, revision = body.partition("@")
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < 2:
+        raise CheckpointError(f"{spec!r}: write hf:OWNER/NAME (e.g. hf:{OFFICIAL_HUB_REPO}), optionally /FILE "
+                              "and @REVISION")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or OFFICIAL_HUB_FILE
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision or None,
+                                    cache_dir=str(cache_dir) if cache_dir else None))
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointError(f"{filename} of {repo_id} is not in the Hugging Face cache and cannot be downloaded "
+                              f"(offline?). Download it once where the machine is online: {exc}") from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot get {filename} from the Hugging Face repository {repo_id}: {exc}") from exc
+
 
 
 def load_matpac_encoder(model: TinyMU, source: str | Path | dict) -> TinyMU:
@@ -123,8 +236,8 @@ def load_matpac_encoder(model: TinyMU, source: str | Path | dict) -> TinyMU:
             f"{model.cfg.encoder.chunk_frames} needs {expected_tokens - 1}; set EncoderConfig.chunk_frames to match")
     mapped = {}
     for key, tensor in state.items():
-        if _IGNORED.search(key):
-            continue
+        if _MATPAC_HEAD.match(key):
+            continue  # the AudioSet classifier on top of the encoder: TinyMU does not use it
         mapped[key.removeprefix("student_encoder.")] = tensor
     try:
         model.encoder.load_state_dict(mapped, strict=True)

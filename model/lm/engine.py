@@ -278,7 +278,9 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
     """Load a MusicLM.
 
     `checkpoint`: a file in our format (.safetensors or a directory), an official
-    `tinymu.pt`, or "preset:NAME" for an untrained model of a named size (e.g.
+    `tinymu.pt`, "hf:OWNER/NAME[/FILE]" for an official file on the Hugging Face hub
+    (`hf:AndreasXi/TinyMU` is the release; downloaded once into the hub cache, found there
+    offline), or "preset:NAME" for an untrained model of a named size (e.g.
     "preset:tiny" in tests). None: the shipped checkpoint under model/lm/shipped/ if
     present, else SmolLM2 from the offline GGUF with an untrained official-size encoder
     and projector, reported as trained=False. `quantize="int8"` (CPU): int8 decoder weights,
@@ -292,6 +294,8 @@ def load_engine(checkpoint: str | None = None, device: str = "auto",
     try:
         if checkpoint is None:
             checkpoint = str(shipped_checkpoint()) if shipped_checkpoint() else "preset:official"
+        if checkpoint.startswith("hf:"):  # the official release on the Hugging Face hub
+            checkpoint = str(checkpoints.download_official(checkpoint))
         if checkpoint.startswith("preset:"):
             cfg = preset(checkpoint.split(":", 1)[1])
             model, trained, source = build_model(cfg, quantize=load_quantized), False, None
