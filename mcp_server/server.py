@@ -68,7 +68,7 @@ facts (chord changes, bar starts) in the text; pass detail=true for every beat a
 
 # A long step with no progress of its own (madmom on minutes of audio, loading the model) still gets a
 # notification this often, so clients see the call is alive and do not give up on it.
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 3.0
 
 
 class StaticTokenVerifier:

@@ -128,7 +128,7 @@ def test_progress_is_never_silent_during_a_long_analysis(long_analysis):
     values = [done for _, done, _ in progress]
     assert times[-1] > 2 * HEARTBEAT_S, "the analysis was too quick to show heartbeats"
     gaps = np.diff([0.0, *times])
-    assert gaps.max() <= HEARTBEAT_S + 3.0, list(zip(times, [m for _, _, m in progress]))
+    assert gaps.max() <= 2 * HEARTBEAT_S + 2.0, list(zip(times, [m for _, _, m in progress]))
     assert all(b > a for a, b in zip(values, values[1:])), values  # MCP requires increasing progress
     assert any("still working" in message for _, _, message in progress)
 
