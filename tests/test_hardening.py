@@ -30,7 +30,7 @@ from agent_tools.cache import ResultCache
 from agent_tools.config import Settings
 from agent_tools.tools import MAX_OPTIONS, MusicTools
 from mcp_server.server import ToolRunner, build_server
-from model.audio import AudioLimits, load_audio
+from model.audio import load_audio
 from model.dsp.results import TempoResult
 from model.errors import AudioTooLargeError, InputError, ModelServiceError
 from model.lm.muchomusic import LETTERS
