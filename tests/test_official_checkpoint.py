@@ -290,6 +290,7 @@ def test_official_sizes_load_through_the_engine_from_the_hub_cache(offline_hub):
             assert torch.equal(loaded[ours_from_reference(key)], tensor), key
     assert torch.equal(engine.model.encoder.log_mel.mel_fb, state[checkpoints.OFFICIAL_FILTERBANK_KEY].T)
     # The plain path (TINYMU_CHECKPOINT=tinymu.pt) is the same loader.
+    del engine, loaded
     again = load_engine(info.checkpoint, device="cpu", quantize=None)
     assert torch.equal(again.model.projector.linear1.weight, state["projector.linear1.weight"])
 
@@ -453,6 +454,11 @@ def test_prompt_layout_and_first_logits_equal_the_reference(lively_model, tokeni
                                 position_ids=ours_prefix.position_ids).last_hidden_state
         ours = model.lm.lm_head(hidden[0, ours_prefix.query_index[0]])
     assert audio.shape[1] == 63 and prefix.shape[1] == 63 + 1 + 129
+    # The reference's tokenizer call (special tokens on, padded) gives our ids, then pads.
+    tokenizer.pad_token = "!"
+    padded = tokenizer("Describe the audio you hear. ", add_special_tokens=True, padding="max_length",
+                       max_length=129).input_ids
+    assert padded == prompt + [17] * (129 - len(prompt))
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -493,3 +499,53 @@ def test_training_loss_equals_the_reference_labels(lively_model, tokenizer):
         expected = model.lm(inputs_embeds=embeds, attention_mask=torch.cat([mask, t_mask], dim=1), labels=labels).loss
         ours = model(p_ids, p_mask, t_ids, t_mask, wave=wave)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def torchaudio_style_resample(x: np.ndarray, orig: int, new: int, zero_crossings: int = 6,
+                              rolloff: float = 0.99) -> np.ndarray:
+    """The reference's resampler (torchaudio Resample, Hann-windowed sinc) in numpy: for each of
+    the `new` output phases a kernel over the input, applied with stride `orig` (rates reduced
+    by their gcd); output length ceil(new * len / orig)."""
+    from math import ceil, gcd
+
+    g = gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * rolloff
+    width = ceil(zero_crossings * orig / base)
+    t = (-np.arange(new)[:, None] / new + np.arange(-width, width + orig)[None, :] / orig) * base
+    t = np.clip(t, -zero_crossings, zero_crossings)
+    window = np.cos(t * np.pi / zero_crossings / 2) ** 2
+    kernel = np.sinc(t) * window * base / orig  # np.sinc(t) = sin(pi t) / (pi t)
+    padded = np.pad(x.astype(np.float64), (width, width + orig))
+    steps = (padded.size - kernel.shape[1]) // orig + 1
+    frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig][:steps]
+    return (frames @ kernel.T).reshape(-1)[: ceil(new * x.size / orig)]
+
+
+def test_input_audio_differs_from_the_reference_as_documented(tmp_path):
+    """Channel choice and resampling (docs/official-weights.md): the reference takes channel 0
+    and resamples with torchaudio's sinc; we average the channels and resample with soxr."""
+    import soundfile as sf
+
+    from model.audio import load_audio
+
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    rng = np.random.default_rng(0)
+    left = sum(0.2 / k * np.sin(2 * np.pi * 220 * k * t + rng.uniform(0, 6)) for k in range(1, 9))
+    left = left + 0.01 * rng.standard_normal(t.size)
+    right = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1).astype(np.float32), rate, subtype="FLOAT")
+    clip = load_audio(tmp_path / "stereo.wav")
+    np.testing.assert_allclose(clip.samples, ((left + right) / 2).astype(np.float32), atol=1e-6)  # a mixdown
+
+    mono = left.astype(np.float32)
+    sf.write(tmp_path / "mono.wav", mono, rate, subtype="FLOAT")
+    ours = load_audio(tmp_path / "mono.wav").resampled(SR).samples.astype(np.float64)
+    reference = torchaudio_style_resample(mono, rate, SR)
+    assert ours.size == reference.size == 3 * SR
+    core = slice(SR // 10, -SR // 10)
+    error_db = 10 * np.log10(np.mean((ours - reference)[core] ** 2) / np.mean(reference[core] ** 2))
+    assert error_db < -40, error_db  # measured -44.8 dB
+    mel_gap = np.abs(numpy_log_mel(ours.astype(np.float32)) - numpy_log_mel(reference.astype(np.float32)))
+    assert mel_gap.mean() < 0.02, mel_gap.mean()  # measured 0.0075
