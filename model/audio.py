@@ -238,7 +238,7 @@ def _checked_source(
         readable, name = io.BytesIO(bytes(source)), name or "audio data"
         size = len(source)
     elif hasattr(source, "read"):
-        readable, name = source, name or getattr(source, "name", "audio file")
+        readable, name = source, name or str(getattr(source, "name", "audio file"))
         size = os.fstat(source.fileno()).st_size if hasattr(source, "fileno") else None
         if size is None:
             size = source.seek(0, os.SEEK_END) - source.seek(0)
