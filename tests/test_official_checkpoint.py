@@ -11,6 +11,7 @@ prompt in the middle, the whole sequence recomputed for every generated token).
 
 from __future__ import annotations
 
+import librosa
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from model.lm import checkpoints, decoding
 from model.lm.config import TinyMUConfig, preset
 from model.lm.engine import MusicLM, load_engine
-from model.lm.network import TinyMU, build_model
+from model.lm.network import TinyMU, build_model, tokenize_example
 
 SR = 16000
 F32_EPS = float(np.finfo(np.float32).eps)  # the reference's log offset: torch.finfo().eps
@@ -205,7 +206,7 @@ def test_reference_layout_loads_strictly_and_replaces_every_tensor(tmp_path):
     (lambda s: s.__setitem__("audio_encoder.enc.log_mel.melspec.fb", torch.zeros(201, 80)), "log_mel.melspec"),
     # An HTK-scale filterbank is another front end: refused, not silently used.
     (lambda s: s.__setitem__(checkpoints.OFFICIAL_FILTERBANK_KEY, torch.from_numpy(
-        __import__("librosa").filters.mel(sr=SR, n_fft=400, n_mels=80, fmin=50, fmax=8000, htk=True).T)),
+        librosa.filters.mel(sr=SR, n_fft=400, n_mels=80, fmin=50, fmax=8000, htk=True).T)),
      "mel filterbank differs"),
     (lambda s: s.__setitem__(checkpoints.OFFICIAL_WINDOW_KEY, torch.hann_window(400, periodic=False)),
      "window differs"),
@@ -487,8 +488,6 @@ def test_training_loss_equals_the_reference_labels(lively_model, tokenizer):
     17 set to -100; transformers shifts them. Equal to ours when the target has no '!'."""
     model = lively_model
     wave = torch.from_numpy(music_like(10.0, seed=3))[None]
-    from model.lm.network import tokenize_example
-
     p_ids, p_mask, t_ids, t_mask = (x[None] for x in tokenize_example(tokenizer, "Describe it.", "A calm piano."))
     with torch.inference_mode():
         audio = model.audio_embeddings(model.encode_audio(wave))
