@@ -16,6 +16,7 @@ import hmac
 import inspect
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -101,31 +102,35 @@ class ToolRunner:
         abandoned = threading.Event()  # set on timeout: the worker thread starts no more heavy work
 
         loop = anyio.lowlevel.current_token()
-        last = {"done": 0.0, "total": 1.0, "message": name, "at": time.monotonic()}
+        # The last value sent (and when), and the current step: the last message the tool reported, since when.
+        state = {"sent": -1.0, "total": 1.0, "message": name, "since": time.monotonic(),
+                 "at": time.monotonic()}
         sending = threading.Lock()
 
-        def progress(done: float, total: float, message: str) -> None:
-            if ctx is None or finished.is_set():
-                return
+        def send(done: float, total: float, message: str) -> None:
             with sending:
-                # MCP progress must increase: never send a step below one already sent (or heartbeated).
-                done = max(done, last["done"])
-                last.update(done=done, total=max(total, done), message=message, at=time.monotonic())
+                if ctx is None or finished.is_set() or done <= state["sent"]:
+                    return  # MCP progress must increase: a value not above the last one sent is dropped
+                state.update(sent=done, total=max(total, done), at=time.monotonic())
                 try:
-                    anyio.from_thread.run(ctx.report_progress, done, last["total"], message, token=loop)
+                    anyio.from_thread.run(ctx.report_progress, done, state["total"], message, token=loop)
                 except Exception:  # progress is best effort; never fail the call for it
                     log.debug("progress notification for %s dropped", name, exc_info=True)
 
+        def progress(done: float, total: float, message: str) -> None:
+            state.update(message=message, since=time.monotonic())
+            # After heartbeats crept past this step's value, the step still goes out, just above them.
+            send(max(done, state["sent"] + 1e-3), total, message)
+
         def heartbeat() -> None:
-            """While a step is silent, repeat its message with the time spent, creeping towards the next step."""
-            started = time.monotonic()
+            """While a step is silent, repeat its message with the time spent on it; each heartbeat's value
+            closes a tenth of the distance to the next whole step, so it increases but never reaches it."""
             while not finished.wait(HEARTBEAT_S / 5):
-                quiet = time.monotonic() - last["at"]
-                if quiet >= HEARTBEAT_S:
-                    step = int(last["done"])
-                    creep = step + 0.9 * (1 - 0.5 ** ((time.monotonic() - started) / 30))
-                    progress(max(creep, last["done"]), last["total"],
-                             f"{last['message'].split(' (still')[0]} (still working, {time.monotonic() - started:.0f} s)")
+                if time.monotonic() - state["at"] >= HEARTBEAT_S:
+                    sent = max(state["sent"], 0.0)
+                    creep = sent + (math.floor(sent) + 1 - sent) * 0.1
+                    spent = time.monotonic() - state["since"]
+                    send(creep, state["total"], f"{state['message']} (still working, {spent:.0f} s)")
 
         def job():
             token, gave_up = progress_callback.set(progress), call_abandoned.set(abandoned)

@@ -266,10 +266,10 @@ def first_model_call(library, tmp_path, *, preload: bool, wait_s: float):
 
 
 def test_the_model_is_loaded_at_server_start(library, tmp_path):
-    # Preloaded: after 30 s of other work, the first model call no longer loads anything.
-    took, messages = first_model_call(library, tmp_path, preload=True, wait_s=30)
+    # Preloaded: after 30 s of other work, the first model call no longer loads anything. (Its duration is
+    # the inference alone, 3 to 30 s on a shared 2-core machine: too noisy to assert; see docs/agents.md.)
+    _, messages = first_model_call(library, tmp_path, preload=True, wait_s=30)
     assert not any("loading the music-language model" in m for m in messages), messages
-    assert took < 20, took
     # Control: without the preload the same first call loads the model itself.
     _, cold_messages = first_model_call(library, tmp_path, preload=False, wait_s=0)
     assert any("loading the music-language model" in m for m in cold_messages), cold_messages
