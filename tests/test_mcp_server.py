@@ -488,8 +488,12 @@ def test_inspector_calls_analyze_clip(music, tmp_path):
     arguments = json.dumps({"audio": str(music["song"])})
     done = run_inspector(music, tmp_path, "--method", "tools/call", "--tool-name", "analyze_clip", "--tool-args-json", arguments)
     assert done.returncode == 0, done.stderr
-    structured = inspector_result(done)["structuredContent"]
+    result = inspector_result(done)
+    structured = result["structuredContent"]
     assert structured["analysis"]["tempo"]["bpm"] == pytest.approx(120, rel=0.04)
+    # A third-party client shows the LLM-facing text: the summary and the timed chord changes.
+    text = result["content"][0]["text"]
+    assert text.startswith(structured["summary"]) and "Chord changes" in text
     assert structured["analysis"]["key"]["key"] == music["labels"].key
     assert structured["audio"]["duration_s"] == pytest.approx(12.0, abs=0.05)
 
