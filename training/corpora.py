@@ -191,11 +191,16 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         final = bass[-1].pitch.pitchClass
         key = minor if final == minor.tonic.pitchClass and final != major.tonic.pitchClass else major
         bpm = float(72 + (i * 7) % 30)  # 72-101 quarter notes per minute, varied but deterministic
+        for mark in list(score.recurse().getElementsByClass(music21.tempo.MetronomeMark)):
+            mark.activeSite.remove(mark)  # some chorales carry their own marks, which would override ours
         score.insert(0, music21.tempo.MetronomeMark(number=bpm))
         with tempfile.TemporaryDirectory() as tmp:
             midi_path = Path(tmp) / "c.mid"
             score.write("midi", fp=str(midi_path))
             midi = pretty_midi.PrettyMIDI(str(midi_path))
+        tempi = midi.get_tempo_changes()[1]
+        if len(tempi) != 1 or abs(tempi[0] - bpm) > 0.01:
+            continue  # the label would not describe the audio
         beat_s = 60.0 / bpm
         first = parts[0].getElementsByClass(music21.stream.Measure)
         # A pickup bar (number 0 or shorter than the meter) is not a downbeat; bars after it are.

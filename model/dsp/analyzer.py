@@ -10,9 +10,10 @@ Where madmom alone is weak we add cheap, musically motivated corrections:
 - tempo: the downbeat tracker sometimes locks onto eighth notes; if every other
   beat has a much weaker beat activation we halve the tempo (and double it when
   the activation between beats is as strong as on them);
-- meter and downbeats: bar phase and length (3 or 4 beats) are re-scored with
-  the downbeat activation plus harmonic change, since chords tend to change on
-  the first beat of a bar;
+- downbeats: the bar phase is re-scored with the downbeat activation plus
+  harmonic change, since chords tend to change on the first beat of a bar (the
+  bar length, 3 or 4 beats, is the downbeat tracker's own: re-scoring it lost
+  on real recordings and chorales);
 - key: the key CNN confuses relative keys and fifths; we multiply its
   probabilities with a Temperley key-profile correlation of the deep chroma;
 - chords: CNN/CRF chord segments are snapped to the beat grid.
@@ -42,7 +43,7 @@ from model.dsp.results import (
 )
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-2"
+ANALYSIS_VERSION = "dsp-3"
 
 ACTIVATION_FPS = 100  # madmom's beat/downbeat networks
 CHROMA_FPS = 10  # madmom's deep chroma and chord networks
@@ -51,7 +52,7 @@ CHROMA_FPS = 10  # madmom's deep chroma and chord networks
 MAJOR_PROFILE = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400])
 MINOR_PROFILE = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
 PROFILE_WEIGHT = 10.0  # log-odds per unit of profile correlation; results are flat for 5-40 on the benchmark
-HARMONY_WEIGHT = 1.5  # weight of harmonic change against downbeat activation when choosing bar phase
+HARMONY_WEIGHT = 0.75  # weight of harmonic change against downbeat activation when choosing bar phase (tuned: docs/dsp.md)
 HALF_TEMPO_RATIO = 0.5  # weaker beats below this fraction of the stronger ones are off-beats
 DOUBLE_TEMPO_RATIO = 0.7  # activation between beats above this fraction of that on beats: beats were missed
 MIN_KEY_CONFIDENCE = 0.4  # below this the key posterior is too flat to report a key (a lone sine scores 0.3)
@@ -194,12 +195,13 @@ class MusicAnalyzer:
         activation = self._get(feats, "activation")
         tracked = self._procs()["downbeat_dbn"](activation)
         beats = tracked[:, 0] if len(tracked) else np.empty(0)
+        tracked_meter = int(tracked[:, 1].max()) if len(tracked) else 4
         beats, tempo = _correct_tempo(beats, activation)
         if tempo.bpm is None:
             feats["tempo"], feats["beats"] = tempo, _silent_beats("No beats or meter.")
             return feats
         chroma = self._get(feats, "chroma")
-        beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma)
+        beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma, tracked_meter)
         offset = clip.offset_s
         downbeats = beats[phase::beats_per_bar]
         meter = f"{beats_per_bar}/4"
@@ -378,11 +380,14 @@ def _harmonic_change(chroma: np.ndarray, beats: np.ndarray, span: int = 2) -> np
     return change / (change.max() + 1e-9)
 
 
-def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray) -> tuple[int, int, float]:
-    """(beats per bar, index of the first downbeat, confidence) maximising downbeat evidence.
+def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray, meter: int) -> tuple[int, int, float]:
+    """(beats per bar, index of the first downbeat, meter confidence).
 
-    For each bar length and phase, evidence is how much more the candidate downbeats
-    carry the network's downbeat activation and harmonic change than the other beats.
+    The bar length is the downbeat tracker's (`meter`): on real recordings and chorales its
+    DBN picks 3 vs 4 better than our re-scoring did (docs/dsp.md). The bar phase is re-chosen:
+    the candidate downbeats should carry more downbeat activation and more harmonic change
+    than the other beats. The confidence compares the best bar of this meter with the best
+    bar of the other meter under the same evidence.
     """
     downbeat = _peak_near(activation[:, 1], beats)
     change = _harmonic_change(chroma, beats) if len(beats) > 2 else np.zeros(len(beats))
@@ -395,13 +400,14 @@ def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray) -
                 continue
             scores[(beats_per_bar, phase)] = (downbeat[on].mean() - downbeat[~on].mean()
                                               + HARMONY_WEIGHT * (change[on].mean() - change[~on].mean()))
-    if not scores:
-        return 4, 0, 0.0
-    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-    (beats_per_bar, phase), best = ranked[0]
-    other_meter = max(v for (m, _), v in scores.items() if m != beats_per_bar) if len(ranked) > 1 else 0.0
-    confidence = float(np.clip((best - max(other_meter, 0.0)) / (abs(best) + 1e-9), 0.0, 1.0))
-    return beats_per_bar, phase, confidence
+    mine = {phase: v for (m, phase), v in scores.items() if m == meter}
+    if not mine:
+        return meter, 0, 0.0
+    phase = max(mine, key=mine.get)
+    best = mine[phase]
+    other = max((v for (m, _), v in scores.items() if m != meter), default=0.0)
+    confidence = float(np.clip(0.5 + (best - other) / (abs(best) + abs(other) + 1e-9), 0.0, 1.0))
+    return meter, phase, confidence
 
 
 # ---- key ------------------------------------------------------------------------------
