@@ -119,3 +119,31 @@ def test_find_loop():
     assert find_loop(["C:maj", "D:min", "E:min", "F:maj", "G:maj"]) == ([], 0.0)
     # A loop may return to a chord before it repeats (i iv i V).
     assert find_loop("A:min D:min A:min E:maj".split() * 3) == (["A:min", "D:min", "A:min", "E:maj"], 3.0)
+
+
+def test_bar_length_is_the_trackers_and_the_phase_follows_the_downbeat_activation():
+    from model.dsp.analyzer import ACTIVATION_FPS, _choose_bar
+
+    beats = np.arange(1, 25) * 0.5  # 24 beats at 120 BPM
+    activation = np.zeros((int(14 * ACTIVATION_FPS), 2))
+    for i, t in enumerate(beats):
+        activation[int(round(t * ACTIVATION_FPS)), 0 if (i - 2) % 3 else 1] = 0.9  # downbeats on beats 2, 5, 8, ...
+    chroma = np.ones((140, 12))  # no harmonic change: the activation decides
+    meter, phase, confidence = _choose_bar(beats, activation, chroma, 3)
+    assert (meter, phase) == (3, 2) and confidence > 0.5
+    meter, _, confidence_4 = _choose_bar(beats, activation, chroma, 4)  # the tracker said 4: kept, but doubted
+    assert meter == 4 and confidence_4 < 0.5
+
+
+def test_fetch_debian_reuses_an_extracted_package_and_explains_a_failure(tmp_path):
+    import shutil
+
+    from training.corpora import fetch_debian
+
+    (tmp_path / "some-package" / "usr").mkdir(parents=True)
+    (tmp_path / "some-package" / "usr" / "file").write_text("extracted before")
+    assert fetch_debian("some-package", tmp_path) == tmp_path / "some-package"  # no apt call: already there
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get is not available")
+    with pytest.raises(RuntimeError, match="apt-get download no-such-package-tinymu"):
+        fetch_debian("no-such-package-tinymu", tmp_path)
