@@ -57,7 +57,9 @@ def make_settings(library, **changes) -> Settings:
 
 @pytest.fixture(scope="module")
 def toolbox(library):
-    return MusicTools(make_settings(library))
+    # madmom in a worker process, as `--dsp-workers 1` serves: in the server process its decoders hold the
+    # GIL for seconds at a time, which delays the heartbeats (up to about 10 s on a loaded machine).
+    return MusicTools(make_settings(library, dsp_workers=1))
 
 
 def call(server, tool: str, arguments: dict, **client_options):
