@@ -122,7 +122,8 @@ def bar_starts(beats: BeatsResult, detail: bool) -> str:
     return head + bounded([f"{t:.1f}" for t in starts], " ", BAR_BUDGET_CHARS, "bars", detail)
 
 
-def bounded(items: list[str], separator: str, budget_chars: int, what: str, detail: bool) -> str:
+def bounded(items: list[str], separator: str, budget_chars: int, what: str, detail: bool,
+            note: str = "call with detail=true for all") -> str:
     """`items` joined, cut at `budget_chars` with a note of how many were left out and how to get them."""
     kept, used = [], 0
     for item in items:
@@ -133,5 +134,5 @@ def bounded(items: list[str], separator: str, budget_chars: int, what: str, deta
     text = separator.join(kept)
     left = len(items) - len(kept)
     if left:
-        text += f"{separator}... {left} more {what}; call with detail=true for all"
+        text += f"{separator}... {left} more {what}; {note}"
     return text

@@ -29,6 +29,7 @@ from pydantic import Field, Strict
 from agent_tools.cache import ResultCache
 from agent_tools.config import Settings
 from agent_tools.context import report_progress
+from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
 from agent_tools.recommend import (
@@ -580,7 +581,7 @@ class MusicTools:
         else:
             searched = [r for r in roots if r.is_dir()]
         report_progress(0, 1, "listing audio files")
-        matches = find_audio_files(searched, pattern)
+        matches, complete = find_audio_files(searched, pattern)
         files = []
         for path in matches[:limit]:
             try:
@@ -589,33 +590,45 @@ class MusicTools:
                 duration = None
             files.append(AudioFile(path=str(path), size_bytes=path.stat().st_size, duration_s=duration))
         where = ", ".join(map(str, searched)) or "(no existing allowed folder)"
+        unfinished = "" if complete else (f" The search stopped after {MAX_FILES_EXAMINED:,} files, so there may "
+                                          "be more: pass a folder to search in.")
         if not files:
-            summary = (f"No audio files matching {pattern!r} under {where}. Other folders are not readable by this "
-                       "server (see the resource music://roots); send audio as a data: URI instead.")
+            summary = (f"No audio files matching {pattern!r} under {where}.{unfinished} Other folders are not "
+                       "readable by this server (see the resource music://roots); send audio as a data: URI instead.")
         else:
-            shown = "; ".join(f"{f.path} ({f.duration_s:.1f} s)" if f.duration_s is not None else f.path
-                              for f in files)
+            # The text an LLM reads stays short; every listed file is in the structured result.
+            entries = [f"{f.path} ({f.duration_s:.1f} s)" if f.duration_s is not None else f.path for f in files]
+            shown = bounded(entries, "; ", LISTING_BUDGET_CHARS, "files", detail=False,
+                            note="all are in the structured result; narrow with folder or pattern")
             more = f" The list stops at limit={limit}: narrow it with folder or pattern." if len(matches) > limit else ""
-            summary = f"{len(matches)} audio file(s) under {where}: {shown}.{more}"
+            summary = f"{len(matches)} audio file(s) under {where}: {shown}.{more}{unfinished}"
         return AudioFileList(summary=summary, roots=[str(r) for r in searched], files=files, total=len(matches))
 
 
-def find_audio_files(folders: list[Path], pattern: str = "*") -> list[Path]:
+# list_audio_files and the completions stop walking after this many files (a root may be a home folder).
+MAX_FILES_EXAMINED = 50_000
+LISTING_BUDGET_CHARS = 6000
+
+
+def find_audio_files(folders: list[Path], pattern: str = "*") -> tuple[list[Path], bool]:
     """The audio files under `folders` (subfolders too, hidden ones skipped) whose names match the glob
-    `pattern` (case-insensitive), sorted. Symlinks are neither listed nor followed, so the walk never
-    leaves the folders."""
+    `pattern` (case-insensitive), sorted, and whether the search was complete (it stops after
+    MAX_FILES_EXAMINED files). Symlinks are neither listed nor followed, so the walk never leaves the folders."""
     import fnmatch
     import os
 
     from agent_tools.similarity import AUDIO_SUFFIXES
 
-    found = []
+    found, examined = [], 0
     for top in folders:
         for directory, subfolders, names in os.walk(top, followlinks=False):
-            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             for name in names:
                 path = Path(directory, name)
                 if (path.suffix.lower() in AUDIO_SUFFIXES and fnmatch.fnmatch(name.lower(), pattern.lower())
                         and not path.is_symlink() and path.is_file()):
                     found.append(path)
-    return sorted(dict.fromkeys(found))
+            examined += len(names)
+            if examined >= MAX_FILES_EXAMINED:
+                return sorted(dict.fromkeys(found)), False
+    return sorted(dict.fromkeys(found)), True

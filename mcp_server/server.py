@@ -384,7 +384,7 @@ def _add_completions(server: MCPServer, tools: MusicTools) -> None:
             values = [sha for sha in cached_hashes(tools) if sha.startswith(typed.lower())]
         elif isinstance(ref, PromptReference) and argument.name.startswith("audio"):
             # The SDK passes no session to completion handlers, so these are the server's roots.
-            paths = await anyio.to_thread.run_sync(find_audio_files, list(tools.settings.allowed_roots()), "*")
+            paths, _ = await anyio.to_thread.run_sync(find_audio_files, list(tools.settings.allowed_roots()), "*")
             needle = typed.lower()
             # A typed prefix of the path, or any part of it (a song's name).
             values = [str(p) for p in paths if str(p).lower().startswith(needle)] or \

@@ -275,3 +275,12 @@ def test_the_model_is_loaded_at_server_start(library, tmp_path):
     # Control: without the preload the same first call loads the model itself.
     _, cold_messages = first_model_call(library, tmp_path, preload=False, wait_s=0)
     assert any("loading the music-language model" in m for m in cold_messages), cold_messages
+
+
+def test_list_audio_files_stops_on_huge_trees_and_says_so(toolbox, library, monkeypatch):
+    import agent_tools.tools
+
+    monkeypatch.setattr(agent_tools.tools, "MAX_FILES_EXAMINED", 1)  # the root folder alone exceeds it
+    listed = toolbox.list_audio_files()
+    assert [f.path for f in listed.files] == [str(library["short"].resolve())]
+    assert "search stopped after 1 files" in listed.summary and "pass a folder" in listed.summary
