@@ -95,7 +95,8 @@ class Settings(BaseSettings):
 
     # -- the model: embedded (checkpoint, device, ...) or a remote service (url, token)
     checkpoint: str | None = Field(None, description="TinyMU weights: a .safetensors file or folder, an "
-                                                     "official tinymu.pt, or preset:NAME; default: the shipped one.")
+                                                     "official tinymu.pt, hf:AndreasXi/TinyMU (the official release, "
+                                                     "downloaded once), or preset:NAME; default: the shipped one.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the embedded model runs.")
     quantize: Literal["auto", "int8", "none"] = Field("auto", description="auto: int8 decoder weights on a CPU.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads for the embedded model.")

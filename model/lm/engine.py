@@ -130,7 +130,13 @@ class MusicLM:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        # The log-mel window and filterbank stay float32: rounded to bfloat16 they shift log-mels by
+        # up to 0.1 (measured against the float32 front end, docs/official-weights.md).
+        front_end = getattr(model.encoder, "log_mel", None)
+        exact = {k: v.clone() for k, v in front_end.state_dict().items()} if front_end is not None else {}
         self.model = model.to(self.device, self.dtype).eval()
+        if front_end is not None:
+            front_end.float().load_state_dict(exact)
         self.quantize = quantize
         self.caveat = caveat
         self.parameters = parameter_count(self.model)
