@@ -20,6 +20,8 @@ def test_each_fact_is_scored_against_the_labels():
     assert (count.true, count.false) == (0, 4)
     assert verdict("style", "classical", CLIP) is None or verdict("style", "orchestral", CLIP) is True
     assert verdict("tempo_class", "slow", ClipLabels(file_name="b.wav")) is None  # unknown: not counted
+    flat = ClipLabels(file_name="c.wav", key_tonic="Db", mode="major")
+    assert verdict("key", "C# major", flat) is True and verdict("key", "C# minor", flat) is False
 
 
 def test_yes_no_replies_are_recognised():

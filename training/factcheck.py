@@ -88,8 +88,11 @@ def verdict(attribute: str, value: str, clip: ClipLabels) -> bool | None:
             or clip.style == value
     if attribute == "tempo_class":
         return None if clip.tempo_class is None else clip.tempo_class == value
-    if attribute == "key":
-        return None if clip.key is None else clip.key == value
+    if attribute == "key":  # compared as pitch class and mode: "C# major" is "Db major"
+        if clip.key_tonic is None or clip.mode is None:
+            return None
+        tonic, mode = value.split()
+        return pitch_class(tonic) == pitch_class(clip.key_tonic) and mode == clip.mode
     if attribute == "mode":
         return None if clip.mode is None else clip.mode == value
     if attribute == "drums":
@@ -117,13 +120,14 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0) -> dict
         replies += len(answers) + 1
         yes_no += sum(is_yes_no(text) for text in [caption, *answers])
         examples.append({"file": clip.file_name, "labels": {"style": clip.style, "tempo_class": clip.tempo_class,
-                                                              "key": clip.key}, "caption": caption,
+                                                              "key": clip.key, "mode": clip.mode}, "caption": caption,
                          "answers": dict(zip(WHAT_QUESTIONS, answers))})
-    rng.shuffle(examples)
+    shown = examples[:]
+    rng.shuffle(shown)
     return {"clips": len(clips), "facts_true": counts.true, "facts_false": counts.false,
             "facts_unverifiable": counts.unverifiable, "share_true": counts.share_true,
             "by_attribute": counts.by_attribute, "replies": replies, "yes_no_replies": yes_no,
-            "share_yes_no": yes_no / replies if replies else None, "examples": examples[:10]}
+            "share_yes_no": yes_no / replies if replies else None, "shown": shown[:10], "answers": examples}
 
 
 def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
