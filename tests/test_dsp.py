@@ -147,3 +147,37 @@ def test_fetch_debian_reuses_an_extracted_package_and_explains_a_failure(tmp_pat
         pytest.skip("apt-get is not available")
     with pytest.raises(RuntimeError, match="apt-get download no-such-package-tinymu"):
         fetch_debian("no-such-package-tinymu", tmp_path)
+
+
+def test_long_clips_are_beat_tracked_in_windows_without_losing_or_doubling_beats(analyzer):
+    from model.dsp.analyzer import ACTIVATION_FPS, DBN_WINDOW_S, _track_in_windows
+
+    seconds = 3 * DBN_WINDOW_S + 17  # several windows and a ragged end
+    activation = np.full((int(seconds * ACTIVATION_FPS), 2), 0.01)
+    truth = np.arange(0.25, seconds - 0.5, 0.5)  # 120 BPM, a downbeat every 4 beats
+    for i, t in enumerate(truth):
+        frame = int(round(t * ACTIVATION_FPS))
+        activation[frame - 1:frame + 2, 1 if i % 4 == 0 else 0] = 0.9
+    dbn = analyzer._procs()["downbeat_dbn"]
+    beats, meter = _track_in_windows(dbn, activation)
+    assert meter == 4
+    assert len(beats) == pytest.approx(len(truth), abs=2)
+    assert np.all(np.diff(beats) > 0.4)  # no doubled beat at a seam
+    matched = np.min(np.abs(beats[:, None] - truth[None, :]), axis=1)
+    assert np.mean(matched < 0.05) > 0.97
+
+
+def test_long_clips_get_their_features_in_windows_frame_for_frame(analyzer):
+    from madmom.audio.signal import Signal
+
+    from model.dsp.analyzer import CHROMA_FPS, FEATURE_WINDOW_S, _in_windows
+
+    rate = 44100
+    t = np.arange(int((2 * FEATURE_WINDOW_S + 13) * rate)) / rate
+    notes = np.where((t // 4) % 2 == 0, 220.0, 246.94)  # A3 and B3 alternating every 4 s
+    signal = Signal((0.3 * np.sin(2 * np.pi * notes * t)).astype(np.float32), sample_rate=rate)
+    chroma = analyzer._procs()["deep_chroma"]
+    windowed = _in_windows(chroma, signal, CHROMA_FPS)
+    whole = chroma(signal)  # what the windows replace (fine at this length; not at 20 minutes)
+    assert windowed.shape == whole.shape
+    assert np.abs(windowed - whole).max() < 0.05

@@ -43,7 +43,7 @@ from model.dsp.results import (
 )
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-3"
+ANALYSIS_VERSION = "dsp-4"
 
 ACTIVATION_FPS = 100  # madmom's beat/downbeat networks
 CHROMA_FPS = 10  # madmom's deep chroma and chord networks
@@ -60,6 +60,10 @@ MIN_KEY_CONFIDENCE = 0.4  # below this the key posterior is too flat to report a
 # activation on beats is >= 0.29 and >= 8x the overall mean; on noise and drones <= 0.09 and <= 3.5x.
 MIN_BEAT_ACTIVATION = 0.15
 MIN_BEAT_CONTRAST = 5.0
+FEATURE_WINDOW_S = 120.0  # clips longer than 1.5 windows get their network features in windows
+FEATURE_OVERLAP_S = 10.0
+DBN_WINDOW_S = 60.0  # clips longer than 1.5 windows are beat-tracked in windows (bounded memory)
+DBN_OVERLAP_S = 8.0
 MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
 
 
@@ -170,10 +174,10 @@ class MusicAnalyzer:
         audio = clip.resampled(MADMOM_RATE)
         feats = {"signal": Signal(audio.samples, sample_rate=MADMOM_RATE), "offset_s": clip.offset_s}
         feats["lazy"] = {
-            "activation": lambda: procs["downbeat_rnn"](feats["signal"]),
-            "chroma": lambda: procs["deep_chroma"](feats["signal"]),
+            "activation": lambda: _in_windows(procs["downbeat_rnn"], feats["signal"], ACTIVATION_FPS),
+            "chroma": lambda: _in_windows(procs["deep_chroma"], feats["signal"], CHROMA_FPS),
             "key_probabilities": lambda: np.asarray(procs["key_cnn"](feats["signal"])).ravel(),
-            "chord_features": lambda: procs["chord_cnn"](feats["signal"]),
+            "chord_features": lambda: _in_windows(procs["chord_cnn"], feats["signal"], CHROMA_FPS),
         }
         self._memo[memo_key] = feats
         while len(self._memo) > self._memo_size:
@@ -193,9 +197,7 @@ class MusicAnalyzer:
         if "tempo" in feats:
             return feats
         activation = self._get(feats, "activation")
-        tracked = self._procs()["downbeat_dbn"](activation)
-        beats = tracked[:, 0] if len(tracked) else np.empty(0)
-        tracked_meter = int(tracked[:, 1].max()) if len(tracked) else 4
+        beats, tracked_meter = _track_in_windows(self._procs()["downbeat_dbn"], activation)
         beats, tempo = _correct_tempo(beats, activation)
         if tempo.bpm is None:
             feats["tempo"], feats["beats"] = tempo, _silent_beats("No beats or meter.")
@@ -312,6 +314,66 @@ def _build_processors() -> dict:
         "chord_cnn": CNNChordFeatureProcessor(),
         "chord_crf": CRFChordRecognitionProcessor(),
     }
+
+
+# ---- long clips: features in windows ---------------------------------------------------
+
+
+def _in_windows(processor, signal, fps: int) -> np.ndarray:
+    """Frame-wise `processor` output of `signal`, computed on overlapping windows of a long clip.
+
+    madmom computes each network's spectrograms for the whole signal at once (several GB for
+    20 minutes). Windows of FEATURE_WINDOW_S bound memory; each keeps the frames of its middle
+    part, so every kept frame had FEATURE_OVERLAP_S / 2 of context on both sides.
+    """
+    from madmom.audio.signal import Signal
+
+    rate = int(signal.sample_rate)
+    window, overlap = int(FEATURE_WINDOW_S * rate), int(FEATURE_OVERLAP_S * rate)
+    if len(signal) <= 1.5 * window:
+        return processor(signal)
+    step = window - overlap
+    starts = list(range(0, len(signal) - overlap, step))
+    parts = []
+    for n, start in enumerate(starts):
+        out = processor(Signal(np.asarray(signal[start:start + window]), sample_rate=rate))
+        first = 0 if n == 0 else int(round(FEATURE_OVERLAP_S / 2 * fps))
+        last = len(out) if n == len(starts) - 1 else int(round((step / rate + FEATURE_OVERLAP_S / 2) * fps))
+        parts.append(out[first:last])
+    return np.concatenate(parts)
+
+
+# ---- beat tracking in windows -------------------------------------------------------
+
+
+def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int]:
+    """(beat times, beats per bar) from the downbeat DBN, run on overlapping windows of a long clip.
+
+    The DBN's Viterbi keeps a back-pointer per frame and state (~30,000 states at 100 fps): one
+    pass over a 20-minute file needs ~13 GB. Windows of DBN_WINDOW_S bound that; each window
+    keeps the beats of its middle part, so the seams fall where both neighbours saw context.
+    """
+    window, overlap = int(DBN_WINDOW_S * ACTIVATION_FPS), int(DBN_OVERLAP_S * ACTIVATION_FPS)
+    if len(activation) <= window * 1.5:
+        tracked = dbn(activation)
+        return (tracked[:, 0] if len(tracked) else np.empty(0)), (int(tracked[:, 1].max()) if len(tracked) else 4)
+    beats, meters = [], Counter()
+    step = window - overlap
+    starts = list(range(0, len(activation) - overlap, step))
+    for n, start in enumerate(starts):
+        tracked = dbn(activation[start:start + window])
+        if not len(tracked):
+            continue
+        times = tracked[:, 0] + start / ACTIVATION_FPS
+        keep_from = start / ACTIVATION_FPS + (DBN_OVERLAP_S / 2 if n else 0.0)
+        keep_to = (start + step) / ACTIVATION_FPS + DBN_OVERLAP_S / 2 if n < len(starts) - 1 else np.inf
+        beats.extend(times[(times >= keep_from) & (times < keep_to)])
+        meters[int(tracked[:, 1].max())] += 1
+    beats = np.array(beats)
+    if len(beats) > 2:  # a seam can put two beats a fraction of a beat apart: keep the first
+        gap = np.median(np.diff(beats))
+        beats = beats[np.r_[True, np.diff(beats) > 0.5 * gap]]
+    return beats, (meters.most_common(1)[0][0] if meters else 4)
 
 
 # ---- tempo ----------------------------------------------------------------------
