@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.audio import AudioLimits
+from model.dsp.analyzer import LONGEST_WHOLE_ANALYSIS_S
 
 MiB = 1024 * 1024
 ENV_PREFIX = "TINYMU_"
@@ -79,10 +80,12 @@ class Settings(BaseSettings):
     max_audio_mb: float = Field(100.0, gt=0, description="Largest audio file, MB.")
     max_duration_s: float = Field(20 * 60.0, gt=0, description="Longest window analysed, seconds.")
     min_duration_s: float = Field(1.0, gt=0, description="Shortest window analysed, seconds.")
-    max_call_memory_mb: float = Field(768.0, gt=0, description="Memory one call's audio may cost (decoding plus "
-                                                               "madmom's analysis, estimated from the file header "
-                                                               "before decoding), MB; the server's peak is about "
-                                                               "its baseline plus max_concurrency times this.")
+    # 2 GB: the analysis of any window up to max_duration_s fits (long clips are analysed in
+    # windows, about 1.4 GB at most); refused before decoding when the header says it would not.
+    max_call_memory_mb: float = Field(2048.0, gt=0, description="Memory one call's audio may cost (decoding plus "
+                                                                "madmom's analysis, estimated from the file header "
+                                                                "before decoding), MB; the server's peak is about "
+                                                                "its baseline plus max_concurrency times this.")
 
     # -- where results go, how much runs at once
     cache_dir: Path = Field(default_factory=_default_cache_dir,
@@ -129,7 +132,8 @@ class Settings(BaseSettings):
     @property
     def audio_limits(self) -> AudioLimits:
         return AudioLimits(max_bytes=int(self.max_audio_mb * MiB), max_duration_s=self.max_duration_s,
-                           min_duration_s=self.min_duration_s, max_memory_bytes=int(self.max_call_memory_mb * MiB))
+                           min_duration_s=self.min_duration_s, max_memory_bytes=int(self.max_call_memory_mb * MiB),
+                           analysis_cap_s=LONGEST_WHOLE_ANALYSIS_S)
 
     @property
     def http_body_bytes(self) -> int:

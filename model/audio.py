@@ -46,9 +46,12 @@ MODEL_RATE = 16000  # TinyMU's encoder front end
 SILENCE_PEAK = 1e-4
 SILENCE_RMS_DBFS = -70.0
 
-# Measured (training.bench.reliability): madmom's processors hold about 11.5 MB per second of
-# 44.1 kHz audio at their peak (a 240 s window peaked 2.7 GB above a warm analyzer's baseline).
-ANALYSIS_BYTES_PER_SECOND = 12 * 1024 * 1024
+# Measured on a warm analyzer (peak RSS above its baseline, 44.1 kHz windows of a real recording):
+# 60 s -> 645 MB, 170 s -> 1,240 MB, 214 s -> 957 MB. Long clips are analysed in windows
+# (model.dsp.analyzer), so the analysis' memory stops growing past the longest span analysed whole,
+# which the caller passes as `AudioLimits.analysis_cap_s`.
+ANALYSIS_BASE_BYTES = 256 * 1024 * 1024
+ANALYSIS_BYTES_PER_SECOND = 7 * 1024 * 1024
 BLOCK_FRAMES = 1 << 15  # decoded per step: 32 Ki frames x channels x 4 bytes
 
 
@@ -59,17 +62,20 @@ class AudioLimits:
     max_bytes: int = 100 * 1024 * 1024
     max_duration_s: float = 20 * 60.0
     min_duration_s: float = 1.0
-    # Memory one decoded window may cost (see `window_memory_bytes`); None: no budget (offline tools).
+    # Memory one decoded window may cost (see `window_bytes`); None: no budget (offline tools).
     max_memory_bytes: int | None = None
     # What its analysis costs per second of audio: madmom's by default; 0 when only the model listens.
     analysis_bytes_per_second: float = ANALYSIS_BYTES_PER_SECOND
+    # The longest span the analysis holds in memory at once (None: the whole window).
+    analysis_cap_s: float | None = None
 
-
-def window_memory_bytes(frames: int, rate: int, analysis_bytes_per_second: float = ANALYSIS_BYTES_PER_SECOND) -> int:
-    """What decoding and analysing `frames` frames at `rate` Hz costs: the mono window at its own rate,
-    its 44.1 kHz copy for madmom, and the analysis' working memory (madmom's is the largest part)."""
-    seconds = frames / rate
-    return int(frames * 4 + seconds * MADMOM_RATE * 4 + seconds * analysis_bytes_per_second)
+    def window_bytes(self, frames: int, rate: int) -> int:
+        """What decoding and analysing `frames` frames at `rate` Hz costs: the mono window at its own
+        rate, its 44.1 kHz copy for madmom, and the analysis' working memory (the largest part)."""
+        seconds = frames / rate
+        analysed = seconds if self.analysis_cap_s is None else min(seconds, self.analysis_cap_s)
+        analysis = ANALYSIS_BASE_BYTES + analysed * self.analysis_bytes_per_second if self.analysis_bytes_per_second else 0
+        return int(frames * 4 + seconds * MADMOM_RATE * 4 + analysis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,12 +222,18 @@ def _check_memory(name: str, frames: int, rate: int, channels: int, limits: Audi
     (`interleaved`: the window is read in one piece, all channels at once)."""
     if limits.max_memory_bytes is None:
         return
-    needed = window_memory_bytes(frames, rate, limits.analysis_bytes_per_second)
-    needed += frames * channels * 4 if interleaved else 0
+    def cost(n: int) -> int:
+        return limits.window_bytes(n, rate) + (n * channels * 4 if interleaved else 0)
+
+    needed = cost(frames)
     if needed <= limits.max_memory_bytes:
         return
-    per_second = window_memory_bytes(rate, rate, limits.analysis_bytes_per_second) + (rate * channels * 4 if interleaved else 0)
-    fits_s = limits.max_memory_bytes / per_second
+    fits, step = 0, frames  # the longest window that fits: cost grows with frames, so bisect
+    while step:
+        step //= 2
+        if cost(fits + step) <= limits.max_memory_bytes:
+            fits += step
+    fits_s = fits / rate
     raise AudioTooLargeError(
         f"{name}: analysing {frames / rate:.1f} s of this audio ({channels} channel(s) at {rate} Hz) needs about "
         f"{needed / 2**20:.0f} MB, above this server's {limits.max_memory_bytes / 2**20:.0f} MB memory budget per "

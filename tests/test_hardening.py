@@ -5,6 +5,7 @@ the real MCP SDK client, real HTTP servers and sockets)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import random
@@ -87,10 +88,11 @@ def settings_for(music, **changes) -> Settings:
 
 def test_a_silent_bomb_is_refused_from_its_header_before_decoding(tmp_path, music):
     # 5 minutes of 48 kHz stereo silence: a few kB of FLAC, 110 MB of float32 once decoded, and
-    # several GB inside madmom. The default budget refuses it before a sample is decoded.
+    # about 1.4 GB inside madmom (long clips are analysed in windows). A 768 MB budget refuses it
+    # before a sample is decoded.
     bomb = silent_flac(tmp_path / "bomb.flac", 300, 48000, 2)
     assert bomb.stat().st_size < 200_000
-    tools = MusicTools(settings_for(music))
+    tools = MusicTools(settings_for(music, max_call_memory_mb=768))
     error, peak = peak_allocated(lambda: tools.load(data_uri(bomb)))
     assert isinstance(error, AudioTooLargeError), error
     assert "memory budget" in str(error) and "duration_s <=" in str(error)
@@ -560,3 +562,13 @@ async def test_inline_audio_up_to_the_advertised_limit_reaches_the_tool_over_htt
     async with Client(transport) as client:
         result = await client.call_tool("estimate_tempo", {"audio": f"data:audio/wav;base64,{payload}"})
     assert result.is_error and "cannot decode this as audio" in result.content[0].text
+
+
+def test_the_default_budget_admits_whole_songs_because_long_clips_are_analysed_in_windows():
+    limits = Settings().audio_limits
+    for minutes in (4, 20):
+        frames = int(minutes * 60 * 44100)
+        assert limits.window_bytes(frames, 44100) <= limits.max_memory_bytes, f"{minutes} min refused"
+    # Analysed in one piece, a 20-minute window would cost several GB.
+    whole = dataclasses.replace(limits, analysis_cap_s=None)
+    assert whole.window_bytes(20 * 60 * 44100, 44100) > 4 * limits.max_memory_bytes

@@ -64,6 +64,8 @@ FEATURE_WINDOW_S = 120.0  # clips longer than 1.5 windows get their network feat
 FEATURE_OVERLAP_S = 10.0
 DBN_WINDOW_S = 60.0  # clips longer than 1.5 windows are beat-tracked in windows (bounded memory)
 DBN_OVERLAP_S = 8.0
+# The longest span analysed in one piece, which bounds the analysis' memory (model.audio budgets it).
+LONGEST_WHOLE_ANALYSIS_S = 1.5 * FEATURE_WINDOW_S
 MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
 
 
