@@ -12,8 +12,6 @@ on one with DSP worker processes (`--dsp-workers`), and prints the ratios.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from mcp import Client
 from rich.console import Console
 from rich.table import Table
 
+from training.bench._mcp_http import start_mcp_http
 from training.synth import write_song
 
 console = Console(stderr=True)
@@ -51,27 +50,9 @@ def render_clips(folder: Path, names: list[str], duration_s: float, seed0: int) 
 
 
 def start_server(root: Path, cache_dir: Path, max_concurrency: int, dsp_workers: int = 0) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, TINYMU_CACHE_DIR=str(cache_dir))
-    env.pop("TINYMU_MCP_TOKEN", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--roots", str(root),
-         "--max-concurrency", str(max_concurrency), "--dsp-workers", str(dsp_workers), "--call-timeout", "600"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"http://127.0.0.1:{port}/mcp"
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start within 60 s")
+    return start_mcp_http(root, {"TINYMU_CACHE_DIR": str(cache_dir)}, timeout_s=60.0,
+                          extra_args=["--max-concurrency", str(max_concurrency), "--dsp-workers", str(dsp_workers),
+                                      "--call-timeout", "600"])
 
 
 async def timed_call(url: str, path: Path, kind: str) -> Call:

@@ -22,7 +22,6 @@ import asyncio
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import soundfile as sf
 from mcp import Client
 from rich.console import Console
 
+from training.bench._mcp_http import start_mcp_http
 from training.bench.load import Call, render_clips, summarize
 
 console = Console(stderr=True)
@@ -46,24 +46,7 @@ MiB = 1024 * 1024
 
 
 def start_server(root: Path, cache_dir: Path, env_changes: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "TINYMU_CACHE_DIR": str(cache_dir), "TINYMU_PRELOAD_MODEL": "0", **env_changes}
-    env.pop("TINYMU_MCP_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--roots", str(root)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"http://127.0.0.1:{port}/mcp"
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start within 90 s")
+    return start_mcp_http(root, {"TINYMU_CACHE_DIR": str(cache_dir), "TINYMU_PRELOAD_MODEL": "0", **env_changes})
 
 
 def memory_mb(pid: int) -> dict[str, float]:
