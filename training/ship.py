@@ -48,6 +48,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.align import STEPS as ALIGN_STEPS  # after OMP_WAIT_POLICY: it loads torch
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "model" / "lm" / "shipped" / "tinymu-small.safetensors"
 
@@ -71,7 +73,7 @@ class ShipConfig:
     ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up
     supervised_steps: int = 1200
     crop_frames: int = 320
-    align_steps: int = 1500
+    align_steps: int = ALIGN_STEPS
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
     labelled_slots: bool = True  # each slot's value word follows its name word ("genre waltz mode minor ...")
     context: str = "clip"  # clip-level posteriors the projector also reads: "none", "key" or "clip" (every slot's)
