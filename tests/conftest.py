@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-# Converted SmolLM2 weights are shared by every test (and every run) in the repo's own
-# cache, so the one-off GGUF conversion happens once per machine, not once per test.
-# The variable reaches servers started as subprocesses; in-process code is told directly.
-os.environ.setdefault("TINYMU_WEIGHTS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "weights"))
-
 from model.lm import smollm2
 
-smollm2.use_weights_dir(Path(os.environ["TINYMU_WEIGHTS_DIR"]))
+# The tests use the SmolLM2 weights `make setup` left (`tinymu setup`: the user cache), so the
+# one-off conversion happens once per machine. The variable names that folder for servers started
+# as subprocesses, some of them with a scratch HOME; in-process code is told directly.
+os.environ.setdefault("TINYMU_WEIGHTS_DIR", str(smollm2.cache_dir()))
+WEIGHTS_DIR = Path(os.environ["TINYMU_WEIGHTS_DIR"])
+smollm2.use_weights_dir(WEIGHTS_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _weights_dir_restored():
+    """A test may point the weights cache elsewhere (tinymu setup, a scratch cache); the next one
+    starts from the shared folder again."""
+    yield
+    smollm2.use_weights_dir(WEIGHTS_DIR)
+
 
 from training.synth import SongLabels, write_song
 
