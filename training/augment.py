@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -49,29 +46,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real recordi
 
 
 def fetch_debian_music(out_dir: str | Path, packages: Sequence[str] = DEFAULT_PACKAGES) -> list[Path]:
-    """Download the packages' .deb files and unpack them under `out_dir/<package>`; returns the audio files.
+    """Unpack the packages under `out_dir/<package>` (`training.corpora.fetch_debian`, once each);
+    returns the audio files of everything under `out_dir`."""
+    from training.corpora import fetch_debian
 
-    Needs `apt-get` and `dpkg-deb` (any Debian/Ubuntu) and the package lists (`apt-get update`)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise InputError(f"`{tool}` is not available: fetching Debian music needs a Debian or Ubuntu machine")
     for package in packages:
-        target = out / package
-        if target.is_dir() and any(_audio_files([target])):
-            continue  # already unpacked
-        with tempfile.TemporaryDirectory() as scratch:
-            done = subprocess.run(["apt-get", "download", package], cwd=scratch, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise InputError(f"apt-get download {package} failed: {done.stderr.strip()[-300:]} "
-                                 "(run `apt-get update` first, or pick another package)")
-            for deb in Path(scratch).glob("*.deb"):
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
-    return sorted(_audio_files([out]))
+        try:
+            fetch_debian(package, out)
+        except RuntimeError as error:
+            raise InputError(f"{error} (run `apt-get update` first, or pick another package)") from error
+    return sorted(audio_files([out]))
 
 
-def _audio_files(folders: Iterable[Path]) -> Iterable[Path]:
+def audio_files(folders: Iterable[Path]) -> Iterable[Path]:
     for folder in folders:
         for path in folder.rglob("*"):
             if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file() and path.stem.lower() not in STEM_TRACKS:
@@ -156,7 +144,7 @@ def label(audio: Path = typer.Option(..., help="a folder of recordings (searched
           clips_per_file: int = typer.Option(3), clip_seconds: float = typer.Option(10.0),
           limit: int = typer.Option(0, help="at most this many recordings (0: all)"), seed: int = typer.Option(0)) -> None:
     """Cut clips from real recordings, label them with the DSP tools and write QA records."""
-    recordings = sorted(_audio_files([audio]))
+    recordings = sorted(audio_files([audio]))
     if not recordings:
         raise InputError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {audio}; run `fetch` first")
     labels = augment_recordings(recordings[: limit or None], out, clip_s=clip_seconds, per_file=clips_per_file, seed=seed)

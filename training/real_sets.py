@@ -31,7 +31,7 @@ from pathlib import Path
 
 import typer
 
-from training.augment import _audio_files, augment_recordings, fetch_debian_music
+from training.augment import audio_files, augment_recordings, fetch_debian_music
 from training.labels import ClipLabels
 
 
@@ -70,7 +70,7 @@ def _commands() -> None:
 def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int = 0, seed: int = 0) -> list[ClipLabels]:
     """Fetch the split's packages, cut and label clips, add source-level genres, write QA records.
 
-    Writes OUT/labels_real.jsonl, OUT/test.jsonl (multiple choice and yes/no questions) and the clips
+    Writes OUT/labels_real.jsonl, OUT/test.jsonl (multiple choice, yes/no and open questions) and the clips
     under OUT/audio/real/."""
     labels: list[ClipLabels] = []
     for source in SPLITS[split]:
@@ -97,7 +97,7 @@ def recordings_of(source: Source, music_dir: Path) -> list[Path]:
             for archive in package_dir.rglob(source.archive):
                 with zipfile.ZipFile(archive) as bundle:
                     bundle.extractall(unpacked)
-        files = sorted(_audio_files([unpacked]))
+        files = sorted(audio_files([unpacked]))
     else:
         files = [f for f in fetch_debian_music(music_dir, [source.package]) if source.package in f.parts]
     return [f for f in files if source.music_under in f.as_posix()]
