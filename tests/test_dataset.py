@@ -18,8 +18,8 @@ from training.dataset import (
     build_dataset,
     collate,
     load_clip,
-    read_labels,
 )
+from training.labels import read_labels
 from training.qa import load_records
 
 

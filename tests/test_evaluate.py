@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.dataset import build_dataset, load_clip, read_labels
+from training.dataset import build_dataset, load_clip
 from training.evaluate import (
     app,
     bleu4,
@@ -17,6 +17,7 @@ from training.evaluate import (
     rouge_l,
     write_report,
 )
+from training.labels import read_labels
 from training.qa import QAGenerator, ValuePools, load_records
 
 

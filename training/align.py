@@ -130,7 +130,7 @@ def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
     clips with label JSON beside each wav (training/synth.py) works too."""
     listed = Path(data) / f"labels_{split}.jsonl"
     if listed.is_file():
-        from training.dataset import read_labels
+        from training.labels import read_labels
 
         return {clip.file_name: clip for clip in read_labels(data, split)}
     out = {}

@@ -19,7 +19,6 @@ analyses each clip with `MusicAnalyzer` and writes `labels_real.jsonl` and
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import typer
 from tqdm import tqdm
 
 from model.errors import InputError
-from training.labels import ClipLabels, chord_loop, chord_symbol
+from training.labels import ClipLabels, chord_loop, chord_symbol, write_labels
 
 # Free music in Debian main: Planet Blupi's soundtrack, Wesnoth's orchestral score, Frets on Fire rock songs.
 DEFAULT_PACKAGES = ("planetblupi-music-ogg", "wesnoth-1.16-music", "fretsonfire-songs-muldjord")
@@ -123,9 +122,7 @@ def augment_recordings(recordings: Sequence[Path], out_dir: str | Path, *, clip_
         for clip_path in cut_clips(Path(recording), audio_dir, clip_s=clip_s, per_file=per_file):
             analysis = analyzer.analyze(load_audio(clip_path))
             labels.append(labels_from_analysis(analysis, str(clip_path.relative_to(out)), dataset))
-    with (out / "labels_real.jsonl").open("w") as handle:
-        for clip in labels:
-            handle.write(json.dumps(clip.to_json()) + "\n")
+    write_labels(out, "real", labels)
     write_jsonl(generate_qa(labels, seed=seed, tasks=("open_qa", "multiple_choice", "binary")), out / "real.jsonl")
     return labels
 

@@ -38,7 +38,7 @@ import typer
 
 from model.errors import InputError
 from model.lm.config import EOS_ID, PAD_ID
-from training.labels import TEMPO_CLASS_BOUNDS_BPM, ClipLabels
+from training.labels import TEMPO_CLASS_BOUNDS_BPM, ClipLabels, write_labels
 from training.qa import QARecord, ValuePools, generate_qa, load_records, write_jsonl
 
 SPLITS = ("train", "val", "test")
@@ -84,17 +84,10 @@ def build_dataset(out_dir: str | Path, *, n_train: int, n_test: int, n_val: int 
     for split, split_labels in labels.items():
         records = generate_qa(split_labels, seed=seed + SPLIT_SEED_OFFSET[split], pools=pools)
         write_jsonl(records, out / f"{split}.jsonl")
-        with (out / f"labels_{split}.jsonl").open("w") as handle:
-            for clip in split_labels:
-                handle.write(json.dumps(clip.to_json()) + "\n")
+        write_labels(out, split, split_labels)
         manifest["records"][split] = dict(Counter(r.task for r in records))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
-
-
-def read_labels(data_dir: str | Path, split: str) -> list[ClipLabels]:
-    path = Path(data_dir) / f"labels_{split}.jsonl"
-    return [ClipLabels.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 @app.command()

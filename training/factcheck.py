@@ -22,7 +22,7 @@ from pathlib import Path
 
 import typer
 
-from training.labels import MODES, PITCH_CLASSES, ClipLabels, pitch_class
+from training.labels import MODES, PITCH_CLASSES, ClipLabels, pitch_class, read_labels
 
 GENRES = ("orchestral", "electronic", "rock", "jazz", "pop", "punk", "ballad", "chamber", "funk", "march", "bossa",
           "reggae", "house", "hiphop", "hip hop", "country", "waltz", "folk", "classical", "metal", "techno")
@@ -138,7 +138,7 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
     """Caption and what-questions for held-out clips; share of stated facts that are true, yes/no replies."""
     from model.lm.engine import load_engine
 
-    labels = [ClipLabels.from_json(json.loads(line)) for line in (data / "labels_real.jsonl").open()]
+    labels = read_labels(data, "real")
     chosen = labels[:: max(1, len(labels) // clips)][:clips]
     report = check(load_engine(checkpoint), chosen, data, seed=seed)
     report["checkpoint"] = checkpoint

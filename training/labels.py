@@ -16,9 +16,11 @@ Derived classes used in questions are defined here once, with their bounds:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -298,3 +300,18 @@ def _parse_instruments(meta: Mapping[str, Any]):
     unique = lambda xs: tuple(dict.fromkeys(xs)) or None  # noqa: E731
     return (unique(names), unique(families), str(lead) if lead else None,
             str(lead_family).lower() if lead_family else None, drums)
+
+
+# --- label files --------------------------------------------------------------
+
+def read_labels(folder: str | Path, split: str) -> list[ClipLabels]:
+    """The clips' labels of `folder/labels_<split>.jsonl` (one ClipLabels per line)."""
+    path = Path(folder) / f"labels_{split}.jsonl"
+    return [ClipLabels.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_labels(folder: str | Path, split: str, labels: Iterable[ClipLabels]) -> None:
+    """Write `folder/labels_<split>.jsonl`, the file `read_labels` reads."""
+    with (Path(folder) / f"labels_{split}.jsonl").open("w") as handle:
+        for clip in labels:
+            handle.write(json.dumps(clip.to_json()) + "\n")

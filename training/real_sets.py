@@ -32,7 +32,7 @@ from pathlib import Path
 import typer
 
 from training.augment import audio_files, augment_recordings, fetch_debian_music
-from training.labels import ClipLabels
+from training.labels import ClipLabels, read_labels, write_labels
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,7 @@ def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int 
                                    dataset=source.package)
         # Clips live under OUT/<package>/audio/real/; records name them relative to OUT.
         labels += [replace(c, file_name=f"{source.package}/{c.file_name}", style=source.style) for c in clips]
-    with (out_dir / "labels_real.jsonl").open("w") as handle:
-        for clip in labels:
-            handle.write(json.dumps(clip.to_json()) + "\n")
+    write_labels(out_dir, "real", labels)
     write_questions(labels, out_dir, seed=seed)
     return labels
 
@@ -109,10 +107,10 @@ def add_to_dataset(real_dir: Path, data_dir: Path, *, seed: int = 0) -> int:
 
     Each clip gets a label file beside it, as the synthetic clips have (the encoder's warm-up
     reads them). Returns the number of real clips added."""
-    from training.dataset import SPLIT_SEED_OFFSET, read_labels
+    from training.dataset import SPLIT_SEED_OFFSET
     from training.qa import ValuePools, generate_qa, write_jsonl
 
-    real = [ClipLabels.from_json(json.loads(line)) for line in (real_dir / "labels_real.jsonl").open()]
+    real = read_labels(real_dir, "real")
     target = data_dir / "audio" / "train"
     added = []
     for clip in real:
@@ -126,9 +124,7 @@ def add_to_dataset(real_dir: Path, data_dir: Path, *, seed: int = 0) -> int:
     labels = synthetic + added
     pools = ValuePools.from_labels(labels + read_labels(data_dir, "val") + read_labels(data_dir, "test"))
     write_jsonl(generate_qa(labels, seed=seed + SPLIT_SEED_OFFSET["train"], pools=pools), data_dir / "train.jsonl")
-    with (data_dir / "labels_train.jsonl").open("w") as handle:
-        for clip in labels:
-            handle.write(json.dumps(clip.to_json()) + "\n")
+    write_labels(data_dir, "train", labels)
     return len(added)
 
 
@@ -147,7 +143,7 @@ def write_questions(labels: list[ClipLabels], out_dir: Path, *, seed: int = 0) -
 @app.command()
 def questions(data: Path = typer.Option(..., help="a folder made by `build`"), seed: int = typer.Option(0)) -> None:
     """Rewrite DATA/test.jsonl from DATA/labels_real.jsonl (no fetching or analysis)."""
-    labels = [ClipLabels.from_json(json.loads(line)) for line in (data / "labels_real.jsonl").open()]
+    labels = read_labels(data, "real")
     typer.echo(f"{write_questions(labels, data, seed=seed)} questions about {len(labels)} clips")
 
 

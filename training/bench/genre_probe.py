@@ -12,7 +12,6 @@ training sources rather than their genre.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -23,8 +22,10 @@ from rich.table import Table
 
 
 def _clips(data: Path) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in (data / "labels_real.jsonl").open()]
-    return [r["file_name"] for r in rows], [r["style"] for r in rows]
+    from training.labels import read_labels
+
+    labels = read_labels(data, "real")
+    return [c.file_name for c in labels], [c.style for c in labels]
 
 
 def encoder_features(checkpoint: str, data: Path, names: list[str]) -> np.ndarray:
