@@ -159,17 +159,20 @@ def ship(cfg: ShipConfig) -> dict:
         train(TrainConfig(data=data, out=run_dir, init=str(aligned_ckpt), features=features, resume=True,
                           eval_every=max(10, cfg.train_steps // 5), save_every=10, **lm_stage(cfg)))
 
-    def evaluate():
+    def score(folder: Path, limit: int, conditions: list[str], out: Path) -> None:
+        """The trained checkpoint on FOLDER/test.jsonl (the recipe's tasks), under each condition."""
         from model.lm.engine import load_engine
         from training.evaluate import evaluate as run_eval
         from training.evaluate import limit_per_task, write_report
         from training.qa import load_records
 
-        records = [r for r in load_records(data / "test.jsonl") if r.task in cfg.eval_tasks.split(",")]
-        records = limit_per_task(records, cfg.eval_limit)
+        records = [r for r in load_records(folder / "test.jsonl") if r.task in cfg.eval_tasks.split(",")]
         engine = load_engine(str(run_dir / "tinymu.safetensors"))
-        results = run_eval(engine, records, data, conditions=cfg.eval_conditions.split(","), seed=cfg.seed)
-        write_report(results, eval_dir)
+        write_report(run_eval(engine, limit_per_task(records, limit), folder, conditions=conditions, seed=cfg.seed),
+                     out)
+
+    def evaluate():
+        score(data, cfg.eval_limit, cfg.eval_conditions.split(","), eval_dir)
 
     def add_real():
         from training.real_sets import add_to_dataset
@@ -178,17 +181,8 @@ def ship(cfg: ShipConfig) -> dict:
         (data / "real_added.json").write_text(json.dumps({"from": cfg.real_train, "clips": added}))
 
     def evaluate_real():
-        from model.lm.engine import load_engine
-        from training.evaluate import evaluate as run_eval
-        from training.evaluate import limit_per_task, write_report
-        from training.qa import load_records
-
-        heldout = Path(cfg.real_heldout)
-        records = [r for r in load_records(heldout / "test.jsonl") if r.task in cfg.eval_tasks.split(",")]
-        records = limit_per_task(records, cfg.real_eval_limit)
-        engine = load_engine(str(run_dir / "tinymu.safetensors"))
-        write_report(run_eval(engine, records, heldout, conditions=["audio", "silence", "noise"], seed=cfg.seed),
-                     real_eval_dir)
+        # The real-set gate compares the audio with both blind conditions, whatever --eval-conditions says.
+        score(Path(cfg.real_heldout), cfg.real_eval_limit, ["audio", "silence", "noise"], real_eval_dir)
 
     real_eval_dir = work / "eval_real"
     stages.run("data", data / "manifest.json", build_data)
@@ -255,13 +249,21 @@ def install(trained: Path, out: Path, caveat: str) -> Path:
     return save_checkpoint(model, out, trained=True, notes=header.notes, caveat=caveat)
 
 
+def heard_and_blind(results: dict) -> tuple[float | None, float | None]:
+    """Multiple-choice accuracy with the audio, and the best of the blind (silence, noise) conditions."""
+    accuracy = {c: r.get("accuracy", {}).get("multiple_choice/loglik") for c, r in results["conditions"].items()}
+    blind = max((v for c, v in accuracy.items() if c in ("silence", "noise") and v is not None), default=None)
+    return accuracy.get("audio"), blind
+
+
+MISSING_CONDITION = "the evaluation lacks the audio or blind multiple-choice condition"
+
+
 def hears_the_audio(results: dict, min_gain: float) -> tuple[bool, str]:
     """Whether multiple-choice accuracy with the audio beats the best blind condition by `min_gain` points."""
-    accuracy = {c: r.get("accuracy", {}).get("multiple_choice/loglik") for c, r in results["conditions"].items()}
-    heard = accuracy.get("audio")
-    blind = max((v for c, v in accuracy.items() if c in ("silence", "noise") and v is not None), default=None)
+    heard, blind = heard_and_blind(results)
     if heard is None or blind is None:
-        return False, "the evaluation lacks the audio or blind multiple-choice condition"
+        return False, MISSING_CONDITION
     gain = 100 * (heard - blind)
     verdict = f"multiple choice {100 * heard:.1f} % with audio vs {100 * blind:.1f} % blind ({gain:+.1f} points)"
     return gain >= min_gain, verdict
@@ -270,9 +272,9 @@ def hears_the_audio(results: dict, min_gain: float) -> tuple[bool, str]:
 def passes_real_gate(results: dict, cfg: ShipConfig) -> tuple[bool, str]:
     """Multiple choice on the held-out real set at or above `min_real_accuracy` while the blind
     conditions stay at or below `max_real_blind`."""
-    accuracy = {c: r.get("accuracy", {}).get("multiple_choice/loglik") for c, r in results["conditions"].items()}
-    heard = accuracy.get("audio") or 0.0
-    blind = max((v for c, v in accuracy.items() if c in ("silence", "noise") and v is not None), default=1.0)
+    heard, blind = heard_and_blind(results)
+    if heard is None or blind is None:
+        return False, MISSING_CONDITION
     verdict = f"multiple choice {100 * heard:.1f} % with audio vs {100 * blind:.1f} % blind"
     return heard >= cfg.min_real_accuracy and blind <= cfg.max_real_blind, verdict
 
