@@ -69,7 +69,9 @@ from model.audio import MODEL_RATE, AudioClip, load_audio
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
+from model.lm.measurements import Measurements
 from model.lm.muchomusic import LETTERS
+from model.lm.prompts import CAPTION_PROMPT, with_measurements
 
 # --- argument types shared by the tools (their descriptions reach the agent's LLM) ---
 
@@ -372,14 +374,21 @@ class MusicTools:
         )
 
     def _model_audio(self, audio: str, offset_s: float, duration_s: float | None):
-        """The clip at the model's sample rate, the model and its backend description."""
+        """The clip at the model's sample rate, the model, its backend description and the DSP
+        measurements it reads before the question (None when it was not trained to read them)."""
         if self._model is None:  # loading takes up to a minute: say so, so clients do not give up
             report_progress(0, 3, "loading the music-language model (first call only)")
         model = self.model  # fail fast, before decoding, when there is no model
         backend = self._backend()
         clip, info = self.load(audio, offset_s, duration_s, dsp=False)
+        model_info = model.info()
+        # The model hears the first max_audio_s seconds: measure exactly those.
+        heard = clip.samples[: int(model_info.max_audio_s * clip.sample_rate)]
+        measured = None
+        if getattr(model_info, "reads_measurements", False):
+            measured = Measurements.from_analysis(self.measure("analysis", AudioClip.from_samples(heard, clip.sample_rate)))
         report_progress(2, 3, "listening (music-language model)")
-        return clip.resampled(MODEL_RATE).samples, info, model, backend
+        return clip.resampled(MODEL_RATE).samples, info, model, backend, measured
 
     def ask_about_music(
         self, audio: Audio, question: Question, offset_s: Offset = 0.0, duration_s: Duration = None
@@ -390,9 +399,9 @@ class MusicTools:
         in the music. For tempo, key, chords, beats or meter the DSP tools are exact: use them (or
         answer_music_question, which picks the right backend by itself).
         """
-        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        samples, info, model, backend, measured = self._model_audio(audio, offset_s, duration_s)
         with self.computing():
-            answer = model.answer(samples, question).strip()
+            answer = model.answer(samples, with_measurements(question, measured)).strip()
         report_progress(3, 3, "done")
         return ModelAnswer(audio=info, question=question, answer=answer, **backend.credit(answer))
 
@@ -402,9 +411,11 @@ class MusicTools:
         Use it for "what does this sound like", tagging, or to summarise a track for a listener.
         For exact numbers (BPM, key, chords) use the DSP tools.
         """
-        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        samples, info, model, backend, measured = self._model_audio(audio, offset_s, duration_s)
         with self.computing():
-            caption = model.caption(samples).strip()
+            # A caption is an answer to the caption prompt; with measurements it is asked as one.
+            caption = (model.answer(samples, with_measurements(CAPTION_PROMPT, measured), max_new_tokens=96)
+                       if measured else model.caption(samples)).strip()
         report_progress(3, 3, "done")
         return MusicCaption(audio=info, caption=caption, **backend.credit(caption))
 
@@ -424,9 +435,9 @@ class MusicTools:
         """
         if len({o.strip().lower() for o in options}) != len(options) or any(not o.strip() for o in options):
             raise InputError(f"options must be non-empty and distinct; give 2 to {MAX_OPTIONS} different answers.")
-        samples, info, model, backend = self._model_audio(audio, offset_s, duration_s)
+        samples, info, model, backend, measured = self._model_audio(audio, offset_s, duration_s)
         with self.computing():
-            choice = model.choose(samples, question, options)
+            choice = model.choose(samples, with_measurements(question, measured), options)
         report_progress(3, 3, "done")
         if choice.index is None or not choice.probabilities:
             raise ModelServiceError("The model did not score the options; try again or rephrase the question.")

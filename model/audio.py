@@ -93,6 +93,15 @@ class AudioClip:
     source_duration_s: float
     sha256: str
 
+    @classmethod
+    def from_samples(cls, samples: np.ndarray, sample_rate: int) -> AudioClip:
+        """A whole clip from mono samples already in memory (e.g. a model's input)."""
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        digest = hashlib.sha256(samples.tobytes() + str(sample_rate).encode()).hexdigest()
+        duration = len(samples) / sample_rate
+        return cls(samples=samples, sample_rate=sample_rate, offset_s=0.0, duration_s=duration,
+                   source_duration_s=duration, sha256=digest)
+
     def resampled(self, rate: int) -> AudioClip:
         """The same clip at `rate` Hz (same sha256); returns self when already there."""
         if rate == self.sample_rate:

@@ -13,6 +13,7 @@ from training.evaluate import (
     app,
     bleu4,
     condition_engine,
+    condition_measurements,
     evaluate,
     rouge_l,
     write_report,
@@ -113,3 +114,20 @@ def test_command_line_writes_results_and_the_wording_check(data_dir, tmp_path):
     assert results["conditions"]["audio"]["n"]["binary"] >= 3
     assert "logistic_regression" in results["wording_baselines"]["all"]
     assert (out / "eval_accuracy.png").stat().st_size > 10_000
+
+
+def test_each_condition_states_the_measurements_of_the_audio_it_feeds(engine, data_dir):
+    record = next(r for r in load_records(data_dir / "test.jsonl") if r.task == "multiple_choice")
+    conditions = ["audio", "silence", "noise", "measurements_only"]
+    results = evaluate(engine, [record], data_dir, conditions=conditions, max_new_tokens=4)
+    assert results["measured"] is True and list(results["conditions"]) == conditions
+    clip = lambda name: load_clip(data_dir / name)  # noqa: E731
+    heard = json.loads((data_dir / "measurements" / "audio.json").read_text())[record.file_name]
+    truth = next(c for c in read_labels(data_dir, "test") if c.file_name == record.file_name)
+    assert heard["key"] and heard["tempo_bpm"] and truth.tempo_bpm  # a rendered song has a beat and a key
+    assert (data_dir / "measurements" / "noise-0.json").is_file()
+    assert condition_measurements("silence", clip, data_dir, 0)(record.file_name) is None
+    assert condition_measurements("text_only", clip, data_dir, 0)(record.file_name) is None
+    # Silence in place of the audio, but the clip's own readings (from the same cache as "audio").
+    only = condition_measurements("measurements_only", clip, data_dir, 0)(record.file_name)
+    assert only.to_json() == heard

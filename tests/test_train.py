@@ -13,7 +13,7 @@ import torch
 from model.lm.config import preset
 from model.lm.network import build_model
 from training import qa, synth
-from training.labels import ClipLabels
+from training.labels import ClipLabels, write_labels
 from training.train import TextBatch, compact_loss, parse_args, train
 
 CLIP_SECONDS = 6.0
@@ -29,6 +29,8 @@ def tiny_data(tmp_path_factory) -> Path:
     records = qa.generate_qa(labels, seed=0, tasks=["multiple_choice", "binary"])
     qa.write_jsonl([r for r in records if r.file_name != "c3.wav"], root / "train.jsonl")
     qa.write_jsonl([r for r in records if r.file_name == "c3.wav"], root / "val.jsonl")
+    write_labels(root, "train", labels[:3])
+    write_labels(root, "val", labels[3:])
     return root
 
 
@@ -230,7 +232,7 @@ def test_matpac_pretraining_lowers_its_loss(tiny_data):
 
 
 def test_supervised_warm_up_has_a_lead_instrument_head():
-    from training.labels import ClipLabels
+    from training.labels import ClipLabels, write_labels
     from training.pretrain_encoder import label_targets
 
     clips = [ClipLabels(file_name="a.wav", lead_instrument="Tenor Sax"),
@@ -260,7 +262,7 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
     from model.lm.checkpoints import load_checkpoint, save_checkpoint
     from model.lm.smollm2 import load_tokenizer
     from training.align import SLOTS, align, slot_name_ids, slot_token_ids, slot_words
-    from training.labels import ClipLabels
+    from training.labels import ClipLabels, write_labels
 
     init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
     report = align(tiny_data, str(init), tmp_path / "aligned.safetensors", steps=60, batch=3, lr=3e-3, quiet=True)
@@ -336,7 +338,7 @@ def test_every_family_of_a_four_family_clip_has_a_slot():
 def test_labelled_layout_spells_the_key_as_the_answers_do():
     from model.lm.smollm2 import load_tokenizer
     from training.align import SLOTS, slot_name_ids, slot_targets, slot_token_ids
-    from training.labels import ClipLabels
+    from training.labels import ClipLabels, write_labels
 
     tokenizer = load_tokenizer("smollm2-gguf")
 
@@ -407,3 +409,14 @@ def test_sweep_trains_each_run_and_scores_validation_choices(tiny_data, tmp_path
     assert json.loads((tmp_path / "sweep" / "a" / "summary.json").read_text())["steps"] == 2
     with pytest.raises(SystemExit, match="unknown TrainConfig fields"):
         sweep.main(common + ["--run", '{"name": "c", "learning_rate": 1}'])
+
+
+def test_training_with_measurements_marks_the_checkpoint_as_reading_them(tiny_data, tmp_path):
+    from model.lm.engine import load_engine
+
+    common = ["--data", str(tiny_data), "--preset", "tiny", "--mode", "full", "--batch", "4", "--micro-batch", "4",
+              "--max-steps", "1", "--eval-every", "10", "--quiet"]
+    train(parse_args(common + ["--out", str(tmp_path / "plain")]))
+    train(parse_args(common + ["--out", str(tmp_path / "measured"), "--measured-share", "0.75"]))
+    assert not load_engine(str(tmp_path / "plain" / "tinymu.safetensors")).info().reads_measurements
+    assert load_engine(str(tmp_path / "measured" / "tinymu.safetensors")).info().reads_measurements

@@ -29,6 +29,7 @@ import typer
 from tqdm import tqdm
 
 from model.errors import InputError
+from model.lm.measurements import Measurements
 from training.labels import ClipLabels, chord_loop, chord_symbol, write_labels
 
 # Free music in Debian main: Planet Blupi's soundtrack, Wesnoth's orchestral score, Frets on Fire rock songs.
@@ -36,10 +37,6 @@ DEFAULT_PACKAGES = ("planetblupi-music-ogg", "wesnoth-1.16-music", "fretsonfire-
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")
 # Frets on Fire ships isolated instrument stems beside each mix ("song.ogg"); only the mix is music to label.
 STEM_TRACKS = {"guitar", "rhythm", "drums", "bass", "preview"}
-# Below these confidences a reading is left out rather than taught to the model.
-MIN_TEMPO_CONFIDENCE = 0.3
-MIN_KEY_CONFIDENCE = 0.5
-MIN_METER_CONFIDENCE = 0.3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real recordings labelled by our DSP tools.")
 
@@ -66,18 +63,23 @@ def audio_files(folders: Iterable[Path]) -> Iterable[Path]:
 
 
 def labels_from_analysis(analysis, file_name: str, dataset: str = "debian") -> ClipLabels:
-    """A `ClipLabels` holding only what the DSP tools measured confidently (the rest stays None)."""
+    """A `ClipLabels` holding only what the DSP tools measured confidently (the rest stays None).
+
+    Tempo, meter and key pass the same confidence thresholds as the measurement sentence the
+    model reads at inference (`Measurements.from_analysis`), so training and use agree."""
     if analysis.silent:
         return ClipLabels(file_name=file_name, dataset=dataset)
-    tempo, beats, key, chords = analysis.tempo, analysis.beats, analysis.key, analysis.chords
+    measured = Measurements.from_analysis(analysis)
+    tonic, mode = measured.key.split() if measured.key else (None, None)
+    chords = analysis.chords
     loop = chord_loop(chord_symbol(label) for label in chords.progression if label not in ("N", "X"))
     return ClipLabels(
         file_name=file_name,
         dataset=dataset,
-        tempo_bpm=tempo.bpm if tempo.bpm and tempo.confidence >= MIN_TEMPO_CONFIDENCE else None,
-        meter=beats.meter if beats.meter and beats.meter_confidence >= MIN_METER_CONFIDENCE else None,
-        key_tonic=key.tonic if key.key and key.confidence >= MIN_KEY_CONFIDENCE else None,
-        mode=key.mode if key.key and key.confidence >= MIN_KEY_CONFIDENCE else None,
+        tempo_bpm=measured.tempo_bpm,
+        meter=measured.meter,
+        key_tonic=tonic,
+        mode=mode,
         chords=loop if chords.loop_repeats >= 1.5 and loop else None,
     )
 

@@ -7,7 +7,14 @@ For every record of the split (default `test.jsonl`) and every condition:
 - `audio`: the clip itself;
 - `silence` / `noise`: the blind baselines, all zeros / seeded white noise in place of the clip;
 - `text_only`: the same model with no audio tokens at all;
+- `measurements_only`: silence in place of the clip, but the clip's own DSP measurements
+  in the prompt (what the measurement sentence alone is worth);
 - `smollm2`: the untouched SmolLM2 decoder the model started from, text only.
+
+With `--measure` (the default), every prompt starts with the DSP measurements of the
+audio that condition feeds the model (`model.lm.measurements`), as the agent tools do:
+the clip's own for `audio`, the noise's for `noise`, none for `silence` (nothing to
+measure) and the text-only conditions. Measurements are cached in DATA/measurements/.
 
 Scores: yes/no and open answers are right when they state the true value
 (`training.qa.binary_answer`, `open_answer_is_right`); multiple choice is scored
@@ -40,16 +47,19 @@ import typer
 from tqdm import tqdm
 
 from model.errors import InputError
+from model.lm.measurements import Measurements
+from model.lm.prompts import with_measurements
 from training.dataset import load_clip
 from training.qa import (
     LETTERS,
     QARecord,
     binary_answer,
     load_records,
+    measured_prompt,
     open_answer_is_right,
 )
 
-CONDITIONS = ("audio", "silence", "noise", "text_only", "smollm2")
+CONDITIONS = ("audio", "silence", "noise", "measurements_only", "text_only", "smollm2")
 CHANCE = {"binary": 0.5, "multiple_choice/loglik": 0.25, "multiple_choice/muchomusic": 0.25}
 NOISE_RMS = 0.1
 
@@ -132,7 +142,7 @@ def _base_smollm2(engine):
 
 
 def condition_engine(engine, condition: str):
-    if condition in ("audio", "silence", "noise"):
+    if condition in ("audio", "silence", "noise", "measurements_only"):
         return engine
     if condition == "text_only":
         return _text_only(engine)
@@ -142,7 +152,7 @@ def condition_engine(engine, condition: str):
 
 
 def condition_audio(condition: str, clip: Callable[[str], np.ndarray], seed: int) -> Callable[[str], np.ndarray]:
-    if condition == "silence":
+    if condition in ("silence", "measurements_only"):
         return lambda name: np.zeros_like(clip(name))
     if condition == "noise":
         def noise(name: str) -> np.ndarray:
@@ -150,6 +160,38 @@ def condition_audio(condition: str, clip: Callable[[str], np.ndarray], seed: int
             return (rng.standard_normal(len(clip(name))) * NOISE_RMS).astype(np.float32)
         return noise
     return clip
+
+
+class Measurer:
+    """DSP measurements of what a condition feeds the model, cached in a JSON file per condition."""
+
+    def __init__(self, cache_dir: Path, condition: str, audio: Callable[[str], np.ndarray], seed: int):
+        self.audio = audio
+        self.file = cache_dir / f"{condition}-{seed}.json" if condition == "noise" else cache_dir / f"{condition}.json"
+        self.known: dict[str, dict] = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        self._analyzer = None
+
+    def __call__(self, name: str) -> Measurements:
+        if name not in self.known:
+            from model.audio import AudioClip
+            from model.dsp.analyzer import MusicAnalyzer
+
+            self._analyzer = self._analyzer or MusicAnalyzer()
+            analysis = self._analyzer.analyze(AudioClip.from_samples(self.audio(name), 16000))
+            self.known[name] = Measurements.from_analysis(analysis).to_json()
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            self.file.write_text(json.dumps(self.known))
+        return Measurements(**self.known[name])
+
+
+def condition_measurements(condition: str, audio: Callable[[str], np.ndarray], root: Path,
+                           seed: int) -> Callable[[str], Measurements | None]:
+    """What the measurement sentence says under `condition`: the DSP reading of the audio it feeds the
+    model (the clip's own for measurements_only; nothing without audio)."""
+    if condition in ("text_only", "smollm2", "silence"):
+        return lambda name: None
+    source = "audio" if condition == "measurements_only" else condition
+    return Measurer(root / "measurements", source, audio, seed)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -161,14 +203,17 @@ def _batches(items: list, size: int):
 
 
 def run_condition(engine, records: Sequence[QARecord], audio: Callable[[str], np.ndarray], *, batch_size: int = 8,
-                  max_new_tokens: int = 48, caption_tokens: int = 96, desc: str = "") -> list[dict[str, Any]]:
-    """One outcome dict per (record, method): task, attribute, right (or caption scores), answer text."""
+                  max_new_tokens: int = 48, caption_tokens: int = 96, desc: str = "",
+                  measured: Callable[[str], Measurements | None] = lambda name: None) -> list[dict[str, Any]]:
+    """One outcome dict per (record, method): task, attribute, right (or caption scores), answer text.
+    `measured` gives the measurements stated in each clip's prompts (None: no sentence)."""
     outcomes: list[dict[str, Any]] = []
     progress = tqdm(total=len(records), desc=desc, unit="q", leave=False)
     free_text = [r for r in records if r.task in ("binary", "open_qa", "captioning")]
     for batch in _batches(free_text, batch_size):
         tokens = caption_tokens if any(r.task == "captioning" for r in batch) else max_new_tokens
-        answers = engine.answer_batch([(audio(r.file_name), r.input_text) for r in batch], max_new_tokens=tokens)
+        prompts = [measured_prompt(r.task, r.input_text, r.meta, measured(r.file_name)) for r in batch]
+        answers = engine.answer_batch([(audio(r.file_name), p) for r, p in zip(batch, prompts)], max_new_tokens=tokens)
         for record, text in zip(batch, answers):
             meta = record.meta or {}
             outcome = {"task": record.task, "attribute": meta.get("attribute", "-"), "answer": text}
@@ -185,8 +230,9 @@ def run_condition(engine, records: Sequence[QARecord], audio: Callable[[str], np
         if record.task != "multiple_choice" or "options" not in meta:
             continue
         wave = audio(record.file_name)
+        question = with_measurements(meta["question"], measured(record.file_name))
         for method, label in (("loglik", "multiple_choice/loglik"), ("generate", "multiple_choice/muchomusic")):
-            choice = engine.choose(wave, meta["question"], list(meta["options"]), method=method)
+            choice = engine.choose(wave, question, list(meta["options"]), method=method)
             outcome = {"task": label, "attribute": meta["attribute"], "right": choice.index == meta["answer"],
                        "answered": choice.index is not None,
                        "answer": choice.raw_answer if method == "generate" else (LETTERS[choice.index])}
@@ -240,17 +286,22 @@ def summarize(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate(engine, records: Sequence[QARecord], root: str | Path, *, conditions: Sequence[str] = CONDITIONS,
              seed: int = 0, batch_size: int = 8, audio_seconds: float | None = None, max_new_tokens: int = 48,
-             caption_tokens: int = 96) -> dict[str, Any]:
-    """Run every condition over `records` (audio under `root`) and summarise each."""
+             caption_tokens: int = 96, measure: bool = True) -> dict[str, Any]:
+    """Run every condition over `records` (audio under `root`) and summarise each; with `measure`, prompts
+    start with the DSP measurements of the audio each condition feeds the model."""
     seconds = audio_seconds or engine.model.cfg.audio_seconds
     clip = lru_cache(maxsize=512)(lambda name: load_clip(Path(root) / name, seconds))
     results: dict[str, Any] = {"conditions": {}, "model": engine.info().model_dump(), "records": len(records)}
     for condition in conditions:
         model = condition_engine(engine, condition)
-        outcomes = run_condition(model, records, condition_audio(condition, clip, seed), batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, caption_tokens=caption_tokens, desc=condition)
+        audio = condition_audio(condition, clip, seed)
+        measured_audio = clip if condition == "measurements_only" else audio
+        measured = condition_measurements(condition, measured_audio, Path(root), seed) if measure else lambda name: None
+        outcomes = run_condition(model, records, audio, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 caption_tokens=caption_tokens, desc=condition, measured=measured)
         results["conditions"][condition] = summarize(outcomes)
     results["chance"] = CHANCE
+    results["measured"] = measure
     return results
 
 
@@ -355,6 +406,7 @@ def main(
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(48, help="answer length cap for yes/no and open questions"),
     seed: int = typer.Option(0),
+    measure: bool = typer.Option(True, help="start prompts with the DSP measurements of the audio, as the tools do"),
 ) -> None:
     """Score a checkpoint on a held-out split under every condition and write tables and a plot."""
     from model.lm.engine import load_engine
@@ -365,7 +417,7 @@ def main(
     records = limit_per_task(records, limit)
     engine = load_engine(checkpoint, device=device)
     results = evaluate(engine, records, data, conditions=[c for c in conditions.split(",") if c], seed=seed,
-                       batch_size=batch_size, max_new_tokens=max_new_tokens)
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, measure=measure)
     train_path = data / "train.jsonl"
     if train_path.exists():
         from training.wording_baseline import wording_baselines

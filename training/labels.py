@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# The tempo classes are defined where the model's measurement sentence uses them; re-exported here.
+from model.lm.measurements import TEMPO_CLASS_BOUNDS_BPM, TEMPO_CLASSES, Measurements, tempo_class  # noqa: F401
+
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _PITCH_CLASS_OF = {
     "C": 0, "B#": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "Fb": 4, "E#": 5, "F": 5,
@@ -30,8 +33,6 @@ _PITCH_CLASS_OF = {
 }
 MODES = ("major", "minor")
 METERS = ("3/4", "4/4")
-TEMPO_CLASSES = ("slow", "medium", "fast")
-TEMPO_CLASS_BOUNDS_BPM = (90.0, 130.0)
 TEMPO_CLASS_MARGIN_BPM = 4.0
 ENERGY_LEVELS = ("low", "medium", "high")
 
@@ -57,10 +58,12 @@ def tonic_name(pc: int) -> str:
     return PITCH_CLASSES[pc % 12]
 
 
-def tempo_class(bpm: float) -> str:
-    """'slow', 'medium' or 'fast' by the bounds in TEMPO_CLASS_BOUNDS_BPM."""
-    low, high = TEMPO_CLASS_BOUNDS_BPM
-    return "slow" if bpm < low else "fast" if bpm > high else "medium"
+def relative_key(key: str) -> str:
+    """The relative major of a minor key and vice versa: 'A minor' -> 'C major'."""
+    tonic, mode = key.split()
+    if mode == "minor":
+        return f"{tonic_name(pitch_class(tonic) + 3)} major"
+    return f"{tonic_name(pitch_class(tonic) - 3)} minor"
 
 
 def tempo_class_is_clear(bpm: float) -> bool:
@@ -153,6 +156,10 @@ class ClipLabels:
     @property
     def tempo_class_is_clear(self) -> bool:
         return bool(self.tempo_bpm) and tempo_class_is_clear(self.tempo_bpm)
+
+    def measurements(self) -> Measurements:
+        """The labels the DSP tools measure, as the measurement sentence states them."""
+        return Measurements(tempo_bpm=self.tempo_bpm, meter=self.meter, key=self.key)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

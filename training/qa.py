@@ -34,7 +34,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from model.errors import InputError
+from model.lm.measurements import Measurements
 from model.lm.muchomusic import build_prompt
+from model.lm.prompts import with_measurements
 from training import qa_templates as T
 from training.labels import (
     GM_FAMILIES,
@@ -527,6 +529,16 @@ def _jsonable(value: Any) -> Any:
 def multiple_choice_prompt(question: str, options: Sequence[str]) -> str:
     """The MuChoMusic prompt: question, lettered options, 'The correct answer is: ' (no in-context example)."""
     return build_prompt(question, list(options))
+
+
+def measured_prompt(task: str, input_text: str, meta: dict | None, measurements: Measurements | None) -> str:
+    """A record's prompt as the model reads it when the caller gives DSP measurements: the
+    measurement sentence before the question (inside the MuChoMusic prompt for multiple choice,
+    exactly as `MusicLM.choose` builds it from `with_measurements(question)`)."""
+    meta = meta or {}
+    if task == "multiple_choice" and "options" in meta:
+        return multiple_choice_prompt(with_measurements(meta["question"], measurements), meta["options"])
+    return with_measurements(input_text, measurements)
 
 
 def profile_text(values: dict[str, Any], noun: str) -> str:

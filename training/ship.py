@@ -84,6 +84,9 @@ class ShipConfig:
     train_tasks: str = "multiple_choice,binary,open_qa,captioning"
     train_per_attribute: int = 180  # records per (task, attribute): ~1 epoch of 600 x 8, every question type alike
     train_true_word_share: float = 0.0  # examples fed the clip's true slot words instead of its audio
+    # Questions whose prompt starts with the clip's DSP measurements (model.lm.measurements), as the
+    # tools ask them; the rest are asked from the audio alone.
+    measured_share: float = 0.75
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
     train_val_records: int = 48  # validation questions scored at each of the LM stage's evaluations
     lr: float = 5e-4
@@ -228,7 +231,7 @@ def lm_stage(cfg: ShipConfig) -> dict:
     return {"mode": cfg.train_mode, "lr": cfg.lr, "projector_lr": cfg.projector_lr, "batch": cfg.train_batch,
             "micro_batch": cfg.train_batch, "max_steps": cfg.train_steps, "val_records": cfg.train_val_records,
             "tasks": tuple(cfg.train_tasks.split(",")), "per_attribute": cfg.train_per_attribute,
-            "true_word_share": cfg.train_true_word_share, "seed": cfg.seed}
+            "true_word_share": cfg.train_true_word_share, "measured_share": cfg.measured_share, "seed": cfg.seed}
 
 
 def caveat_of(cfg: ShipConfig, verdict: str) -> str:

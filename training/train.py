@@ -46,8 +46,11 @@ from tqdm import tqdm
 
 from model.errors import InputError
 from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig, preset
+from model.lm.measurements import Measurements
 from model.lm.network import TinyMU, build_model
 from training.features import encode_clips
+from training.labels import ClipLabels, read_labels, relative_key
+from training.qa import measured_prompt
 
 MODES = ("full", "lora", "projector")
 
@@ -80,6 +83,9 @@ class TrainConfig:
     # Share of training examples whose audio tokens are replaced by the exact embeddings of the
     # clip's true slot words (training.align's labelled layout; needs the clips' labels).
     true_word_share: float = 0.0
+    # Share of records whose prompt starts with the clip's DSP measurements (model.lm.measurements),
+    # drawn from its labels with the errors a DSP makes; the rest learn to answer from audio alone.
+    measured_share: float = 0.0
     resume: bool = False
     features: Path | None = None  # feature cache file; default <out>/features.safetensors
     quiet: bool = False
@@ -128,6 +134,39 @@ def tokenize_records(records: list[dict], tokenizer, cfg: TinyMUConfig, mc_targe
             continue  # the layout needs at least one pad after the prompt
         examples.append(Example(record["file_name"], prompt, (target + [EOS_ID])[: cfg.target_length]))
     return examples
+
+
+# How often a measurement sentence in training leaves a reading out or gets it wrong, so the model
+# learns to use the audio too (the octave and relative-key slips are the DSP's typical errors).
+MEASUREMENT_DROP = 0.15
+TEMPO_OCTAVE_SLIP = 0.1
+RELATIVE_KEY_SLIP = 0.08
+
+
+def noisy_measurements(clip: ClipLabels, rng: random.Random) -> Measurements:
+    """The clip's labels as an imperfect DSP would report them."""
+    truth = clip.measurements()
+    tempo = truth.tempo_bpm if rng.random() > MEASUREMENT_DROP else None
+    if tempo and rng.random() < TEMPO_OCTAVE_SLIP:
+        tempo *= rng.choice((0.5, 2.0))
+    key = truth.key if rng.random() > MEASUREMENT_DROP else None
+    if key and rng.random() < RELATIVE_KEY_SLIP:
+        key = relative_key(key)
+    return Measurements(tempo_bpm=tempo, meter=truth.meter if rng.random() > MEASUREMENT_DROP else None, key=key)
+
+
+def add_measurements(records: list[dict], labels: dict[str, ClipLabels], share: float, seed: int) -> list[dict]:
+    """`share` of the records get the measurement sentence of their clip in front of the question."""
+    rng = random.Random(seed)
+    measured = []
+    for record in records:
+        clip = labels.get(record["file_name"])
+        if clip is not None and rng.random() < share:
+            prompt = measured_prompt(record["task"], record["input_text"], record.get("meta"),
+                                     noisy_measurements(clip, rng))
+            record = {**record, "input_text": prompt}
+        measured.append(record)
+    return measured
 
 
 def balance_attributes(records: list[dict], per_group: int, seed: int) -> list[dict]:
@@ -368,6 +407,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.mode == "projector" and cfg.projector_lr == 0:
         raise InputError("--mode projector trains only the projector: give it a --projector-lr above 0")
     model = build_for_training(cfg)
+    model.cfg.reads_measurements = model.cfg.reads_measurements or cfg.measured_share > 0
     trainable = set_trainable(model, cfg.mode, train_projector=cfg.projector_lr != 0)
     tokenizer = load_tokenizer(model.cfg.lm_weights)
 
@@ -375,6 +415,9 @@ def train(cfg: TrainConfig) -> dict:
         records = read_records(find_split(Path(cfg.data), split))
         if cfg.tasks:
             records = [r for r in records if r.get("task") in cfg.tasks]
+        if cfg.measured_share > 0:
+            labels = {clip.file_name: clip for clip in read_labels(Path(cfg.data), split)}
+            records = add_measurements(records, labels, cfg.measured_share, cfg.seed)
         return records
 
     train_records = load_split("train")
@@ -553,6 +596,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="at most N training records per (task, attribute): every question type gets a similar share")
     p.add_argument("--true-word-share", type=float, default=0.0,
                    help="share of training examples fed the clip's true slot words instead of its audio tokens")
+    p.add_argument("--measured-share", type=float, default=0.0,
+                   help="share of records whose prompt starts with the clip's DSP measurements (noisy, from labels)")
     p.add_argument("--features", type=Path, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")

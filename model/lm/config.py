@@ -108,6 +108,9 @@ class TinyMUConfig:
     projector_context_width: int = 64
     prompt_length: int = 129
     target_length: int = 129
+    # Trained with the DSP measurement sentence in front of questions (model.lm.measurements): the
+    # tools then measure the clip and state the readings before asking. Off in the reference model.
+    reads_measurements: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

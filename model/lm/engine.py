@@ -33,12 +33,12 @@ from model.lm import decoding
 from model.lm.config import preset
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
 from model.lm.network import TinyMU, build_model
+from model.lm.prompts import CAPTION_PROMPT
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 DEFAULT_MAX_AUDIO_S = 30.0
-CAPTION_PROMPT = "Describe this music clip in detail."
 UNTRAINED_NOTE = "untrained: answers are not meaningful (random audio encoder and projector)"
 CHECKPOINT_DIR = Path(__file__).parent / "shipped"
 
@@ -55,6 +55,8 @@ class ModelInfo(BaseModel):
     audio_tokens_per_second: float
     max_audio_s: float = Field(description="audio beyond this many seconds from the start is ignored")
     trained_audio_s: float = Field(description="clip length the model was trained on (reference: first 10 s)")
+    reads_measurements: bool = Field(False, description="trained to read the DSP measurements of the clip before "
+                                     "the question (model.lm.measurements); callers should give them")
     note: str = ""
 
 
@@ -253,7 +255,7 @@ class MusicLM:
             name=self.name, checkpoint=self.checkpoint, trained=self.trained, device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch.") + ("+int8" if self.quantize else ""), parameters=self.parameters,
             audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
-            trained_audio_s=self.model.cfg.audio_seconds, note=self.caveat if self.trained else UNTRAINED_NOTE,
+            trained_audio_s=self.model.cfg.audio_seconds, reads_measurements=self.model.cfg.reads_measurements, note=self.caveat if self.trained else UNTRAINED_NOTE,
         )
 
 

@@ -31,7 +31,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from model.errors import BackendError, InputError
-from model.lm.engine import CAPTION_PROMPT, Choice, ModelInfo, MusicLM
+from model.lm.engine import Choice, ModelInfo, MusicLM
+from model.lm.prompts import CAPTION_PROMPT
 from model.service.protocol import (
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_PORT,
