@@ -105,21 +105,28 @@ def is_yes_no(text: str) -> bool:
     return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
 
 
-def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0) -> dict:
+def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure: bool = True) -> dict:
+    """Ask each clip for a caption and the what-questions, as the tools do: with the clip's DSP
+    measurements before the question when the model reads them (and `measure`)."""
+    from model.lm.prompts import CAPTION_PROMPT, with_measurements
     from training.dataset import load_clip
+    from training.evaluate import Measurer
 
     counts, replies, yes_no, examples = FactCount(), 0, 0, []
     rng = random.Random(seed)
+    measured = (Measurer(root / "measurements", "audio", lambda name: load_clip(root / name), seed)
+                if measure and engine.info().reads_measurements else lambda name: None)
     for clip in clips:
         audio = load_clip(root / clip.file_name)
-        caption = engine.caption(audio).strip()
-        answers = [engine.answer(audio, question).strip() for question in WHAT_QUESTIONS]
+        readings = measured(clip.file_name)
+        caption = engine.answer(audio, with_measurements(CAPTION_PROMPT, readings), max_new_tokens=96).strip()
+        answers = [engine.answer(audio, with_measurements(question, readings)).strip() for question in WHAT_QUESTIONS]
         for text in [caption, *answers]:
             for attribute, value in stated_facts(text):
                 counts.add(attribute, verdict(attribute, value, clip))
         replies += len(answers) + 1
         yes_no += sum(is_yes_no(text) for text in [caption, *answers])
-        examples.append({"file": clip.file_name, "labels": {"style": clip.style, "tempo_class": clip.tempo_class,
+        examples.append({"file": clip.file_name, "measured": readings.sentence() if readings else "", "labels": {"style": clip.style, "tempo_class": clip.tempo_class,
                                                               "key": clip.key, "mode": clip.mode}, "caption": caption,
                          "answers": dict(zip(WHAT_QUESTIONS, answers))})
     shown = examples[:]
@@ -134,13 +141,14 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
          data: Path = typer.Option(..., help="a folder with labels_real.jsonl (training.real_sets build)"),
          clips: int = typer.Option(100, help="how many clips (spread over the set)"),
          out: Path = typer.Option(None, help="where to write the JSON report (default: DATA/factcheck.json)"),
-         seed: int = typer.Option(0)) -> None:
+         seed: int = typer.Option(0),
+         measure: bool = typer.Option(True, help="give the model the clip's DSP measurements, as the tools do")) -> None:
     """Caption and what-questions for held-out clips; share of stated facts that are true, yes/no replies."""
     from model.lm.engine import load_engine
 
     labels = read_labels(data, "real")
     chosen = labels[:: max(1, len(labels) // clips)][:clips]
-    report = check(load_engine(checkpoint), chosen, data, seed=seed)
+    report = check(load_engine(checkpoint), chosen, data, seed=seed, measure=measure)
     report["checkpoint"] = checkpoint
     target = out or data / "factcheck.json"
     target.write_text(json.dumps(report, indent=1))
