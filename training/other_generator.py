@@ -26,7 +26,13 @@ import soundfile as sf
 import typer
 
 from training.corpora import fetch_debian
-from training.labels import DRUMS_FAMILY, GM_FAMILIES, ClipLabels, tonic_name, write_labels
+from training.labels import (
+    DRUMS_FAMILY,
+    GM_FAMILIES,
+    ClipLabels,
+    tonic_name,
+    write_labels,
+)
 from training.synth import STYLES
 
 MMA_LIBRARY = Path("/usr/share/mma/lib/stdlib")
@@ -62,9 +68,9 @@ def groove_meter(groove: str, library: Path = MMA_LIBRARY) -> int:
     for path in sorted(library.glob("*.mma")):
         time = None
         for line in path.read_text(errors="replace").splitlines():
-            if match := re.match(r"\s*Time\s+(\d+)", line, re.I):
+            if match := re.match(r"\s*Time\s+(\d+)", line, re.IGNORECASE):
                 time = int(match.group(1))
-            if re.match(rf"\s*DefGroove\s+{re.escape(groove)}\b", line, re.I):
+            if re.match(rf"\s*DefGroove\s+{re.escape(groove)}\b", line, re.IGNORECASE):
                 if time is None:
                     raise ValueError(f"{path.name} defines {groove} before any Time statement")
                 return time
