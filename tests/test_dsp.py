@@ -159,12 +159,16 @@ def test_long_clips_are_beat_tracked_in_windows_without_losing_or_doubling_beats
         frame = int(round(t * ACTIVATION_FPS))
         activation[frame - 1:frame + 2, 1 if i % 4 == 0 else 0] = 0.9
     dbn = analyzer._procs()["downbeat_dbn"]
-    beats, meter = _track_in_windows(dbn, activation)
+    beats, meter, downbeats = _track_in_windows(dbn, activation)
     assert meter == 4
     assert len(beats) == pytest.approx(len(truth), abs=2)
     assert np.all(np.diff(beats) > 0.4)  # no doubled beat at a seam
     matched = np.min(np.abs(beats[:, None] - truth[None, :]), axis=1)
     assert np.mean(matched < 0.05) > 0.97
+    # The DBN's own downbeats come through the seams too (the benchmark scores its bar phase beside ours).
+    assert len(downbeats) == pytest.approx(len(truth[::4]), abs=1) and np.isin(downbeats, beats).all()
+    to_bar_start = np.min(np.abs(downbeats[:, None] - truth[::4][None, :]), axis=1)
+    assert np.mean(to_bar_start < 0.05) > 0.95
 
 
 def test_long_clips_get_their_features_in_windows_frame_for_frame(analyzer):
@@ -181,3 +185,47 @@ def test_long_clips_get_their_features_in_windows_frame_for_frame(analyzer):
     whole = chroma(signal)  # what the windows replace (fine at this length; not at 20 minutes)
     assert windowed.shape == whole.shape
     assert np.abs(windowed - whole).max() < 0.05
+
+
+def test_reported_confidences_are_the_calibrated_raw_scores(labelled_clips, analyzer, analyses):
+    from model.dsp.analyzer import CALIBRATION, calibrated
+
+    for name in labelled_clips:
+        clip = load_audio(labelled_clips[name].path)
+        result = analyzer.analyze(clip)  # again, so that this clip's raw scores are in the analyzer's memo
+        assert result == analyses[name]
+        raw = analyzer._features(clip)["raw_confidence"]  # what the benchmark fits the tables on
+        reported = {"tempo": result.tempo.confidence, "meter": result.beats.meter_confidence, "key": result.key.confidence}
+        for quantity, value in reported.items():
+            assert value == calibrated(quantity, raw[quantity])
+            low, high = min(CALIBRATION[quantity][1]), max(CALIBRATION[quantity][1])
+            assert low <= value <= high  # an accuracy seen on the tuning parts, not the raw score
+        assert f"confidence {result.tempo.confidence:.2f}" in result.tempo.summary
+        # The key's runners-up share what the calibrated confidence leaves.
+        assert sum(c.confidence for c in result.key.alternatives) <= 1 - result.key.confidence + 0.002
+        assert result.key.confidence > max(c.confidence for c in result.key.alternatives)
+
+
+def test_calibration_table_is_monotone_and_never_promises_certainty():
+    from training.bench.dsp import fit_calibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1, 300)
+    right = rng.uniform(0, 1, 300) < raw  # a raw score that is itself a probability of being right
+    points, accuracies = fit_calibration(list(raw), list(right), bins=5)
+    assert len(points) == 5 and np.all(np.diff(points) > 0) and np.all(np.diff(accuracies) >= 0)
+    assert accuracies[0] < 0.25 and accuracies[-1] > 0.75  # follows the truth (bin means ~0.1 and ~0.9)
+    # A score that says nothing about being right maps to (about) the overall accuracy everywhere,
+    # and one perfect bin of a few clips is not reported as certain.
+    points, accuracies = fit_calibration([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], [True, False, True, True, True, True], bins=2)
+    assert 0 < accuracies[0] <= accuracies[1] < 1
+
+
+def test_the_dbn_bar_phase_is_mapped_onto_a_halved_beat_grid():
+    from training.bench.dsp import _dbn_phase
+
+    dbn_beats = np.arange(32) * 0.25  # the DBN tracked eighth notes at 240 BPM, bars of 4 of them
+    feats = {"dbn_beats": dbn_beats, "dbn_downbeats": dbn_beats[1::4], "beats_array": dbn_beats}
+    assert _dbn_phase(feats, 4, 10.0) == pytest.approx(list(dbn_beats[1::4] + 10.0))  # its own, in file times
+    feats["beats_array"] = dbn_beats[1::2]  # our tempo correction kept every other beat
+    assert _dbn_phase(feats, 4, 0.0) == pytest.approx(list(dbn_beats[1::8]))

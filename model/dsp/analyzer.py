@@ -43,7 +43,9 @@ from model.dsp.results import (
 )
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-4"
+ANALYSIS_VERSION = "dsp-5"
+# Names the networks whose outputs the decision code reads (the benchmark caches those outputs under it).
+NETWORKS_VERSION = "madmom-downbeat8"
 
 ACTIVATION_FPS = 100  # madmom's beat/downbeat networks
 CHROMA_FPS = 10  # madmom's deep chroma and chord networks
@@ -67,6 +69,21 @@ DBN_OVERLAP_S = 8.0
 # The longest span analysed in one piece, which bounds the analysis' memory (model.audio budgets it).
 LONGEST_WHOLE_ANALYSIS_S = 1.5 * FEATURE_WINDOW_S
 MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal content
+# Reported confidences are calibrated: each raw score (beat regularity x clarity for tempo, bar-evidence
+# margin for meter, key posterior) is mapped to the accuracy that score had on the benchmark's tuning
+# parts, by a monotone table (raw points, accuracies) read with linear interpolation and clamped at its
+# ends. Refit with `python -m training.bench dsp --calibrate` (docs/dsp.md has the fit and its held-out check).
+CALIBRATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "tempo": ((0.587, 0.883, 0.979), (0.961, 0.979, 0.979)),
+    "meter": ((0.765, 1.0), (0.962, 0.999)),
+    "key": ((0.843, 0.996, 1.0), (0.781, 0.992, 0.992)),
+}
+
+
+def calibrated(quantity: str, raw: float) -> float:
+    """The accuracy a raw `quantity` ("tempo", "meter" or "key") confidence had on the tuning parts."""
+    points, accuracies = CALIBRATION[quantity]
+    return round(float(np.interp(raw, points, accuracies)), 3)
 
 
 class MusicAnalyzer:
@@ -199,13 +216,18 @@ class MusicAnalyzer:
         if "tempo" in feats:
             return feats
         activation = self._get(feats, "activation")
-        beats, tracked_meter = _track_in_windows(self._procs()["downbeat_dbn"], activation)
+        beats, tracked_meter, feats["dbn_downbeats"] = _track_in_windows(self._procs()["downbeat_dbn"], activation)
+        feats["dbn_beats"] = beats  # the benchmark compares the DBN's own bar phase with ours
         beats, tempo = _correct_tempo(beats, activation)
         if tempo.bpm is None:
             feats["tempo"], feats["beats"] = tempo, _silent_beats("No beats or meter.")
             return feats
+        feats.setdefault("raw_confidence", {})["tempo"] = tempo.confidence  # the benchmark fits the calibration on these
+        tempo = _with_tempo_confidence(tempo, calibrated("tempo", tempo.confidence))
         chroma = self._get(feats, "chroma")
         beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma, tracked_meter)
+        feats["raw_confidence"]["meter"] = meter_confidence
+        meter_confidence = calibrated("meter", meter_confidence)
         offset = clip.offset_s
         downbeats = beats[phase::beats_per_bar]
         meter = f"{beats_per_bar}/4"
@@ -216,7 +238,7 @@ class MusicAnalyzer:
             downbeats_s=_times(downbeats, offset),
             meter=meter,
             beats_per_bar=beats_per_bar,
-            meter_confidence=round(meter_confidence, 3),
+            meter_confidence=meter_confidence,
             summary=f"{len(beats)} beats, {len(downbeats)} bars in {meter}"
             f" (first downbeat at {downbeats[0] + offset:.2f} s)." if len(downbeats) else f"{len(beats)} beats in {meter}.",
         )
@@ -238,14 +260,19 @@ class MusicAnalyzer:
             return _no_key("No key: the harmony does not point to one key.")
         name = _key_name(best)
         tonic, mode = name.split()
-        runners_up = [KeyCandidate(key=_key_name(int(i)), confidence=round(float(posterior[i]), 3)) for i in order[1:4]]
+        feats.setdefault("raw_confidence", {})["key"] = float(posterior[best])
+        confidence = calibrated("key", float(posterior[best]))
+        # The runners-up share what the calibrated confidence leaves, in the posterior's proportions.
+        rest = (1.0 - confidence) / max(1.0 - float(posterior[best]), 1e-9)
+        runners_up = [KeyCandidate(key=_key_name(int(i)), confidence=round(min(1.0, float(posterior[i]) * rest), 3))
+                      for i in order[1:4]]
         return KeyResult(
             key=name,
             tonic=tonic,
             mode=mode,
-            confidence=round(float(posterior[best]), 3),
+            confidence=confidence,
             alternatives=runners_up,
-            summary=f"Key {name} (confidence {posterior[best]:.2f}; next: {runners_up[0].key}).",
+            summary=f"Key {name} (confidence {confidence:.2f}; next: {runners_up[0].key}).",
         )
 
     # ---- sections --------------------------------------------------------------
@@ -348,8 +375,8 @@ def _in_windows(processor, signal, fps: int) -> np.ndarray:
 # ---- beat tracking in windows -------------------------------------------------------
 
 
-def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int]:
-    """(beat times, beats per bar) from the downbeat DBN, run on overlapping windows of a long clip.
+def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(beat times, beats per bar, the DBN's downbeat times) from the downbeat DBN, on overlapping windows of a long clip.
 
     The DBN's Viterbi keeps a back-pointer per frame and state (~30,000 states at 100 fps): one
     pass over a 20-minute file needs ~13 GB. Windows of DBN_WINDOW_S bound that; each window
@@ -358,8 +385,10 @@ def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int]:
     window, overlap = int(DBN_WINDOW_S * ACTIVATION_FPS), int(DBN_OVERLAP_S * ACTIVATION_FPS)
     if len(activation) <= window * 1.5:
         tracked = dbn(activation)
-        return (tracked[:, 0] if len(tracked) else np.empty(0)), (int(tracked[:, 1].max()) if len(tracked) else 4)
-    beats, meters = [], Counter()
+        if not len(tracked):
+            return np.empty(0), 4, np.empty(0)
+        return tracked[:, 0], int(tracked[:, 1].max()), tracked[tracked[:, 1] == 1, 0]
+    beats, downbeats, meters = [], [], Counter()
     step = window - overlap
     starts = list(range(0, len(activation) - overlap, step))
     for n, start in enumerate(starts):
@@ -369,13 +398,16 @@ def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int]:
         times = tracked[:, 0] + start / ACTIVATION_FPS
         keep_from = start / ACTIVATION_FPS + (DBN_OVERLAP_S / 2 if n else 0.0)
         keep_to = (start + step) / ACTIVATION_FPS + DBN_OVERLAP_S / 2 if n < len(starts) - 1 else np.inf
-        beats.extend(times[(times >= keep_from) & (times < keep_to)])
+        kept = (times >= keep_from) & (times < keep_to)
+        beats.extend(times[kept])
+        downbeats.extend(times[kept & (tracked[:, 1] == 1)])
         meters[int(tracked[:, 1].max())] += 1
-    beats = np.array(beats)
+    beats, downbeats = np.array(beats), np.array(downbeats)
     if len(beats) > 2:  # a seam can put two beats a fraction of a beat apart: keep the first
         gap = np.median(np.diff(beats))
         beats = beats[np.r_[True, np.diff(beats) > 0.5 * gap]]
-    return beats, (meters.most_common(1)[0][0] if meters else 4)
+        downbeats = downbeats[np.isin(downbeats, beats)]
+    return beats, (meters.most_common(1)[0][0] if meters else 4), downbeats
 
 
 # ---- tempo ----------------------------------------------------------------------
@@ -427,6 +459,11 @@ def _correct_tempo(beats: np.ndarray, activation: np.ndarray) -> tuple[np.ndarra
         alternatives=alternatives,
         summary=f"Tempo {bpm:.0f} BPM (confidence {confidence:.2f}; a listener might also count {alternatives[0].bpm:.0f}).",
     )
+
+
+def _with_tempo_confidence(tempo: TempoResult, confidence: float) -> TempoResult:
+    summary = f"Tempo {tempo.bpm:.0f} BPM (confidence {confidence:.2f}; a listener might also count {tempo.alternatives[0].bpm:.0f})."
+    return tempo.model_copy(update={"confidence": confidence, "summary": summary})
 
 
 # ---- meter and downbeats -------------------------------------------------------------

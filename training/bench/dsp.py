@@ -40,25 +40,64 @@ from model.dsp.pitch_names import NEUTRAL as PITCH_CLASSES
 from training.corpora import Clip, load_sets
 
 SYSTEMS = ["ours", "madmom", "librosa", "essentia bgate", "essentia edma"]
-METRICS = ["tempo Acc1", "tempo Acc2", "beat F", "downbeat F", "meter accuracy", "key MIREX", "CPU s/clip"]
+METRICS = ["tempo Acc1", "tempo Acc2", "beat F", "downbeat F", "downbeat F, DBN's bar phase", "meter accuracy", "key MIREX",
+           "CPU s/clip"]
 TARGETS = {"tempo Acc1": ">= 0.95", "downbeat F": ">= 0.90", "meter accuracy": ">= 0.95", "key MIREX": ">= 0.95"}
 
 
 # ---- systems: path -> estimates (bpm, beats, downbeats, beats_per_bar, key, cpu_s) ------------------
 
 
-def run_ours(path: Path, state: dict) -> dict:
+# The analyzer's network outputs, cached per clip so that a change of decision code re-scores in
+# seconds. The CPU reported for ours is then the networks' CPU (measured when they ran) plus the
+# decision code's CPU now.
+NETWORK_OUTPUTS = ("activation", "chroma", "key_probabilities", "chord_features")
+
+
+def run_ours(path: Path, state: dict, networks: Path | None = None) -> dict:
     if "analyzer" not in state:
         state["analyzer"] = analyzer_module.MusicAnalyzer()
         state["analyzer"].warm_up()
     analyzer = state["analyzer"]
     clip = load_audio(path)
     analyzer.forget()
+    network_cpu = 0.0
+    if networks is not None and networks.exists():
+        saved = np.load(networks)
+        feats = analyzer._features(clip)
+        feats.update({name: saved[name] for name in NETWORK_OUTPUTS})
+        network_cpu = float(saved["cpu_s"])
     start = time.process_time()
     result = analyzer.analyze(clip)
+    if networks is not None and not networks.exists():
+        feats = analyzer._features(clip)
+        for name in NETWORK_OUTPUTS:
+            analyzer._get(feats, name)  # chords may have been skipped (no tonal content)
     cpu = time.process_time() - start
+    if networks is not None and not networks.exists():
+        networks.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(networks, cpu_s=cpu, **{name: analyzer._get(feats, name) for name in NETWORK_OUTPUTS})
+    feats = analyzer._features(clip)
+    # The DBN's own bar phase beside ours, and the uncalibrated confidences (what --calibrate fits).
+    dbn_downbeats = _dbn_phase(feats, result.beats.beats_per_bar, clip.offset_s) if "beats_array" in feats else []
     return dict(bpm=result.tempo.bpm, beats=result.beats.beats_s, downbeats=result.beats.downbeats_s,
-                beats_per_bar=result.beats.beats_per_bar, key=result.key.key, cpu_s=cpu)
+                beats_per_bar=result.beats.beats_per_bar, key=result.key.key, cpu_s=cpu + network_cpu,
+                dbn_downbeats=dbn_downbeats, raw_confidence=feats.get("raw_confidence", {}),
+                confidence={"tempo": result.tempo.confidence, "meter": result.beats.meter_confidence,
+                            "key": result.key.confidence})
+
+
+def _dbn_phase(feats: dict, beats_per_bar: int, offset: float) -> list[float]:
+    """The DBN's downbeats on our beat grid: they are the DBN's own unless our tempo correction halved
+    or doubled its beats; then every `beats_per_bar`-th of our beats from the phase that meets most of them."""
+    beats, theirs = feats["beats_array"], np.asarray(feats["dbn_downbeats"])
+    if len(theirs) == 0 or len(beats) < beats_per_bar:
+        return []
+    if len(beats) == len(feats["dbn_beats"]):
+        return [round(float(t) + offset, 3) for t in theirs]
+    hits = [np.sum(np.min(np.abs(beats[p::beats_per_bar][:, None] - theirs[None, :]), axis=1) < 0.02)
+            for p in range(beats_per_bar)]
+    return [round(float(t) + offset, 3) for t in beats[int(np.argmax(hits))::beats_per_bar]]
 
 
 def run_madmom(path: Path, state: dict) -> dict:
@@ -147,7 +186,11 @@ def estimates_for(system: str, clips: list[Clip], root: Path, cache: Path, state
         if entry.exists():
             out.append(json.loads(entry.read_text()))
             continue
-        estimate = RUNNERS[system](path, state)
+        if system == "ours":
+            networks = cache / "ours_networks" / f"{clip.set}_{clip.name}_{analyzer_module.NETWORKS_VERSION}.npz"
+            estimate = run_ours(path, state, networks)
+        else:
+            estimate = RUNNERS[system](path, state)
         entry.parent.mkdir(parents=True, exist_ok=True)
         entry.write_text(json.dumps(estimate))
         out.append(estimate)
@@ -160,7 +203,7 @@ def estimates_for(system: str, clips: list[Clip], root: Path, cache: Path, state
 def score(clips: list[Clip], estimates: list[dict]) -> dict[str, float | None]:
     import mir_eval
 
-    acc1, acc2, beat_f, down_f, meter, key_w, cpu = ([] for _ in range(7))
+    acc1, acc2, beat_f, down_f, dbn_f, meter, key_w, cpu = ([] for _ in range(8))
     for truth, est in zip(clips, estimates):
         ratio = est["bpm"] / truth.tempo_bpm if est["bpm"] else 0.0
         acc1.append(abs(ratio - 1) <= 0.04)
@@ -171,12 +214,14 @@ def score(clips: list[Clip], estimates: list[dict]) -> dict[str, float | None]:
             ref_down = mir_eval.beat.trim_beats(np.array(truth.downbeats_s))
             down_f.append(mir_eval.beat.f_measure(ref_down, mir_eval.beat.trim_beats(np.array(est["downbeats"], dtype=float))))
             meter.append(est["beats_per_bar"] == truth.beats_per_bar)
+            if "dbn_downbeats" in est:
+                dbn_f.append(mir_eval.beat.f_measure(ref_down, mir_eval.beat.trim_beats(np.array(est["dbn_downbeats"], dtype=float))))
         if truth.key:
             key_w.append(mir_eval.key.weighted_score(truth.key, est["key"]) if est["key"] else 0.0)
         cpu.append(est["cpu_s"])
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return {"tempo Acc1": mean(acc1), "tempo Acc2": mean(acc2), "beat F": mean(beat_f), "downbeat F": mean(down_f),
-            "meter accuracy": mean(meter), "key MIREX": mean(key_w), "CPU s/clip": mean(cpu), "n": len(clips)}
+            "downbeat F, DBN's bar phase": mean(dbn_f), "meter accuracy": mean(meter), "key MIREX": mean(key_w), "CPU s/clip": mean(cpu), "n": len(clips)}
 
 
 def errors(clips: list[Clip], estimates: list[dict]) -> list[str]:
@@ -204,6 +249,70 @@ def synth_clips(out: Path, n: int = 24) -> list[Clip]:
     return [Clip(name=lab.name, set="synth", path=str((folder / f"{lab.name}.wav").resolve()), duration_s=30.0, tempo_bpm=lab.tempo_bpm,
                  beats_s=lab.beats_s, downbeats_s=lab.downbeats_s, beats_per_bar=lab.beats_per_bar, key=lab.key,
                  source="training.synth") for lab in labels]
+
+
+# ---- confidence calibration -------------------------------------------------------------------
+
+
+CALIBRATION_BINS = 3  # equal-count bins of the raw confidence; ~25 tuning clips each for tempo and meter, ~17 for key
+
+
+def was_right(quantity: str, truth: Clip, est: dict) -> bool | None:
+    """Whether our answer the confidence is about was right (None: the clip has no label for it)."""
+    if quantity == "tempo":
+        return bool(est["bpm"]) and abs(est["bpm"] / truth.tempo_bpm - 1) <= 0.04
+    if quantity == "meter":
+        return est["beats_per_bar"] == truth.beats_per_bar
+    return None if not truth.key else est["key"] == truth.key
+
+
+def fit_calibration(raw: list[float], right: list[bool], bins: int = CALIBRATION_BINS) -> tuple[list[float], list[float]]:
+    """A monotone table raw confidence -> accuracy: (bin mean raw confidences, calibrated accuracies).
+
+    Equal-count bins of the raw confidence; each bin's accuracy is shrunk towards the overall accuracy
+    by two pseudo-clips ((right + 2 * overall) / (n + 2)), so a bin of a few clips cannot promise 0 or 1;
+    isotonic regression weighted by bin size (pool adjacent violators) then makes the table non-decreasing.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    order = np.argsort(raw, kind="stable")
+    x, y = np.asarray(raw, dtype=float)[order], np.asarray(right, dtype=float)[order]
+    parts = [part for part in np.array_split(np.arange(len(x)), min(bins, len(x))) if len(part)]
+    centres = np.array([x[part].mean() for part in parts])
+    rates = np.array([(y[part].sum() + 2 * y.mean()) / (len(part) + 2) for part in parts])
+    sizes = np.array([len(part) for part in parts], dtype=float)
+    monotone = IsotonicRegression(y_min=0.0, y_max=1.0).fit(centres, rates, sample_weight=sizes).predict(centres)
+    keep = np.r_[True, np.diff(centres) > 1e-6]  # np.interp needs increasing points
+    return [round(float(v), 3) for v in centres[keep]], [round(float(v), 3) for v in monotone[keep]]
+
+
+def calibration_report(clips: list[Clip], estimates: list[dict]) -> dict:
+    """Fit on the tuning parts, then the reliability of raw and calibrated confidences on both parts."""
+    report, tables = {}, {}
+    for quantity in ("tempo", "meter", "key"):
+        rows = {held: [(est["raw_confidence"][quantity], right) for truth, est in zip(clips, estimates)
+                       if truth.held_out == held and quantity in est.get("raw_confidence", {})
+                       and (right := was_right(quantity, truth, est)) is not None] for held in (False, True)}
+        tables[quantity] = fit_calibration([r for r, _ in rows[False]], [ok for _, ok in rows[False]])
+        for held, part in ((False, "tuning (fit)"), (True, "held out (check)")):
+            raw = np.array([r for r, _ in rows[held]])
+            right = np.array([ok for _, ok in rows[held]], dtype=float)
+            mapped = np.array([analyzer_module.calibrated(quantity, r) for r in raw])
+            report[f"{quantity} / {part}"] = {
+                "n": len(raw), "accuracy": float(right.mean()),
+                "mean raw confidence": float(raw.mean()), "mean calibrated confidence": float(mapped.mean()),
+                "Brier raw": float(np.mean((raw - right) ** 2)), "Brier calibrated": float(np.mean((mapped - right) ** 2))}
+    lines = ["| quantity | part | n | accuracy | mean raw confidence | mean calibrated | Brier raw | Brier calibrated |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name.split(' / ')[0]} | {name.split(' / ')[1]} | {r['n']} | {r['accuracy']:.3f} | {r['mean raw confidence']:.3f}"
+              f" | {r['mean calibrated confidence']:.3f} | {r['Brier raw']:.3f} | {r['Brier calibrated']:.3f} |"
+              for name, r in report.items()]
+    print("\n".join(lines))
+    print("fitted on the tuning parts (model.dsp.analyzer.CALIBRATION):")
+    print("CALIBRATION = {\n" + "".join(f'    "{q}": ({tuple(t[0])}, {tuple(t[1])}),\n' for q, t in tables.items()) + "}")
+    if any(tuple(map(tuple, t)) != analyzer_module.CALIBRATION[q] for q, t in tables.items()):
+        print("NOTE: the analyzer's table differs from this fit; the 'calibrated' columns use the analyzer's.")
+    return {"reliability": report, "fit": tables}
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -278,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed", action="store_true", help="measure CPU and memory instead of accuracy")
     parser.add_argument("--sections", action="store_true", help="score detect_sections on the sets with known form")
     parser.add_argument("--errors", action="store_true", help="list our wrong answers on the tuning parts")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the confidence calibration on the tuning parts and check it on the held-out parts")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -313,9 +424,10 @@ def main(argv: list[str] | None = None) -> dict:
     estimates = {s: estimates_for(s, clips, args.corpora, args.out / "dsp_estimates", state) for s in args.systems}
     header = ["set", "part", "n", "metric", *args.systems, "target"]
     rows, report = [], {}
-    for set_name in args.sets:
+    # "all sets": every clip of the part pooled, where a rule is chosen for all sets at once (bar phase).
+    for set_name in [*args.sets, "all sets"]:
         for part, held in (("tuning", False), ("held out", True)):
-            index = [i for i, c in enumerate(clips) if c.set == set_name and c.held_out == held]
+            index = [i for i, c in enumerate(clips) if set_name in (c.set, "all sets") and c.held_out == held]
             if not index:
                 continue
             scores = {s: score([clips[i] for i in index], [estimates[s][i] for i in index]) for s in args.systems}
@@ -329,6 +441,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown)
     (args.out / "dsp.md").write_text(markdown + "\n")
     (args.out / "dsp.json").write_text(json.dumps(report, indent=1))
+    if args.calibrate and "ours" in estimates:
+        report["calibration"] = calibration_report(clips, estimates["ours"])
     if args.errors and "ours" in estimates:
         tuning = [i for i, c in enumerate(clips) if not c.held_out]
         print("\n".join(errors([clips[i] for i in tuning], [estimates["ours"][i] for i in tuning])))
