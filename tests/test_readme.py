@@ -1,7 +1,8 @@
 """The README and the registry files say what the code does.
 
-The README's tools and configuration tables (and manifest.json's tool list) are generated
-from `TOOL_SPECS` and `Settings.reference()`; after changing either, rewrite them with
+The README's tools table, docs/configuration.md's settings table (and manifest.json's tool
+list) are generated from `TOOL_SPECS` and `Settings.reference()`; after changing either,
+rewrite them with
 
     .venv/bin/python tests/test_readme.py --write
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
 MCPB_VERSION = "2.1.2"
 # Tools that use more than their spec's `uses_model` says (routing, model tags beside DSP values).
 MIXED_BACKENDS = {"answer_music_question": "DSP + TinyMU", "clip_attributes": "DSP + TinyMU tags",
@@ -40,19 +42,21 @@ def settings_table() -> str:
     return Settings.reference()
 
 
-GENERATED = {"tools": tools_table, "settings": settings_table}
+# Generated tables: (file, marker name) -> how to make it.
+GENERATED = {(README, "tools"): tools_table, (CONFIGURATION, "settings"): settings_table}
 
 
 def section(text: str, name: str) -> str:
     found = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.S)
-    assert found, f"README.md lost its <!-- {name}:begin/end --> markers"
+    assert found, f"lost the <!-- {name}:begin/end --> markers"
     return found.group(1).strip()
 
 
-def rewrite(text: str) -> str:
-    for name, make in GENERATED.items():
-        text = re.sub(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)",
-                      lambda m: m.group(1) + make() + "\n" + m.group(2), text, flags=re.S)
+def rewrite(file: Path, text: str) -> str:
+    for (where, name), make in GENERATED.items():
+        if where == file:
+            text = re.sub(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)",
+                          lambda m: m.group(1) + make() + "\n" + m.group(2), text, flags=re.S)
     return text
 
 
@@ -61,14 +65,14 @@ def pyproject_version() -> str:
 
 
 def test_tables_are_generated_from_the_code():
-    text = README.read_text()
-    for name, make in GENERATED.items():
-        assert section(text, name) == make(), f"README {name} table is stale: run `python tests/test_readme.py --write`"
+    for (file, name), make in GENERATED.items():
+        assert section(file.read_text(), name) == make(), \
+            f"{file.name}'s {name} table is stale: run `python tests/test_readme.py --write`"
 
 
 def test_readme_is_a_users_page():
     size = len(README.read_text().encode())
-    assert 6_000 < size < 13_000, f"README is {size} bytes; the history and research belong in docs/"
+    assert 6_000 < size < 10_500, f"README is {size} bytes; the history and research belong in docs/"
     assert ".cache/ship" not in README.read_text()
 
 
@@ -128,7 +132,8 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit(__doc__)
     sys.path.insert(0, str(REPO))
-    README.write_text(rewrite(README.read_text()))
+    for generated in (README, CONFIGURATION):
+        generated.write_text(rewrite(generated, generated.read_text()))
     from agent_tools.tools import TOOL_SPECS
 
     manifest_file = REPO / "manifest.json"
