@@ -83,6 +83,7 @@ def run_ours(path: Path, state: dict, networks: Path | None = None) -> dict:
     return dict(bpm=result.tempo.bpm, beats=result.beats.beats_s, downbeats=result.beats.downbeats_s,
                 beats_per_bar=result.beats.beats_per_bar, key=result.key.key, cpu_s=cpu + network_cpu,
                 dbn_downbeats=dbn_downbeats, raw_confidence=feats.get("raw_confidence", {}),
+                octave_strengths=_octave_strengths(feats["activation"], result.tempo.bpm) if result.tempo.bpm else None,
                 confidence={"tempo": result.tempo.confidence, "meter": result.beats.meter_confidence,
                             "key": result.key.confidence})
 
@@ -173,8 +174,9 @@ RUNNERS = {"ours": run_ours, "madmom": run_madmom, "librosa": run_librosa,
 
 
 def _ours_version() -> str:
-    """Our estimates are stale whenever the analyzer's code changes (tuning)."""
-    return hashlib.sha256(inspect.getsource(analyzer_module).encode()).hexdigest()[:12]
+    """Our estimates are stale whenever the analyzer's code, or what we record of it, changes (tuning)."""
+    sources = [inspect.getsource(f) for f in (analyzer_module, run_ours, _dbn_phase, _octave_strengths)]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()[:12]
 
 
 def estimates_for(system: str, clips: list[Clip], root: Path, cache: Path, state: dict) -> list[dict]:
@@ -249,6 +251,73 @@ def synth_clips(out: Path, n: int = 24) -> list[Clip]:
     return [Clip(name=lab.name, set="synth", path=str((folder / f"{lab.name}.wav").resolve()), duration_s=30.0, tempo_bpm=lab.tempo_bpm,
                  beats_s=lab.beats_s, downbeats_s=lab.downbeats_s, beats_per_bar=lab.beats_per_bar, key=lab.key,
                  source="training.synth") for lab in labels]
+
+
+# ---- tempo octave: histogram x listener prior --------------------------------------------------
+
+
+def _octave_strengths(activation: np.ndarray, bpm: float) -> list[float]:
+    """madmom's comb-filter tempo histogram of the beat activation at bpm/2, bpm and 2 bpm (1 = its highest bin)."""
+    from madmom.audio.signal import smooth
+    from madmom.features.tempo import CombFilterTempoHistogramProcessor, smooth_histogram
+
+    histogram = CombFilterTempoHistogramProcessor(min_bpm=40, max_bpm=250, fps=analyzer_module.ACTIVATION_FPS)(
+        smooth(activation.sum(axis=1).astype(float), 14))  # madmom's TempoEstimationProcessor defaults
+    bins, delays = smooth_histogram(histogram, 9)
+    out = []
+    for candidate in (bpm / 2, bpm, 2 * bpm):
+        delay = 60 * analyzer_module.ACTIVATION_FPS / candidate
+        near = np.abs(delays - delay) <= 2
+        out.append(float(bins[near].max() / bins.max()) if near.any() else 0.0)
+    return out
+
+
+def octave_choice(bpm: float, strengths: list[float], centre: float, width: float, keep_bonus: float,
+                  evidence: float) -> tuple[float, np.ndarray]:
+    """Among bpm/2, bpm, 2 bpm: the most probable under histogram^evidence x log-normal listener prior
+    (median `centre` BPM, `width` octaves) x exp(keep_bonus) for the tracker's own tempo; and the probabilities."""
+    candidates = np.array([bpm / 2, bpm, 2 * bpm])
+    score = (evidence * np.log(np.asarray(strengths) + 1e-3) - np.log2(candidates / centre) ** 2 / (2 * width ** 2)
+             + np.array([0.0, keep_bonus, 0.0]))
+    p = np.exp(score - score.max())
+    return float(candidates[int(np.argmax(p))]), p / p.sum()
+
+
+def tempo_octave_study(clips: list[Clip], estimates: list[dict]) -> dict:
+    """Fit the octave rule by maximum likelihood on the tuning parts; its Acc1 on both parts beside ours."""
+    import itertools
+
+    def right(bpm, truth):
+        return abs(bpm / truth.tempo_bpm - 1) <= 0.04
+
+    usable = [(c, e) for c, e in zip(clips, estimates) if e.get("octave_strengths")]
+    tuning = [(c, e) for c, e in usable if not c.held_out]
+    grid = itertools.product([90, 100, 110, 120, 130, 140], [0.4, 0.6, 0.8, 1.0, 1.5, 2.0],
+                             [0.0, 0.5, 1.0, 2.0, 3.0], [0.5, 1.0, 2.0, 4.0])
+    fits = []
+    for params in grid:
+        loglik = 0.0
+        for c, e in tuning:
+            candidates = np.array([e["bpm"] / 2, e["bpm"], 2 * e["bpm"]])
+            hit = [right(x, c) for x in candidates]
+            if any(hit):
+                loglik += np.log(octave_choice(e["bpm"], e["octave_strengths"], *params)[1][hit].sum() + 1e-12)
+        fits.append((loglik, params))
+    best = max(fits)[1]
+    rules = {"ours (tracker + half/double corrections)": lambda e: e["bpm"],
+             f"fitted: centre {best[0]} BPM, width {best[1]} oct, keep bonus {best[2]}, evidence^{best[3]}":
+                 lambda e: octave_choice(e["bpm"], e["octave_strengths"], *best)[0],
+             "listener prior alone (Moelants: 120 BPM, 1 oct)": lambda e: octave_choice(e["bpm"], e["octave_strengths"], 120, 1.0, 0, 0)[0]}
+    report = {}
+    for name, rule in rules.items():
+        for set_name in sorted({c.set for c, _ in usable}) + ["all sets"]:
+            for part, held in (("tuning", False), ("held out", True)):
+                chosen = [right(rule(e), c) for c, e in usable if set_name in (c.set, "all sets") and c.held_out == held]
+                if chosen:
+                    report.setdefault(name, {})[f"{set_name} / {part}"] = round(float(np.mean(chosen)), 3)
+    for name, row in report.items():
+        print(f"tempo Acc1, {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    return report
 
 
 # ---- confidence calibration -------------------------------------------------------------------
@@ -387,6 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed", action="store_true", help="measure CPU and memory instead of accuracy")
     parser.add_argument("--sections", action="store_true", help="score detect_sections on the sets with known form")
     parser.add_argument("--errors", action="store_true", help="list our wrong answers on the tuning parts")
+    parser.add_argument("--tempo-octaves", action="store_true",
+                        help="fit a tempo-histogram x listener-prior octave rule on the tuning parts and score it")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the confidence calibration on the tuning parts and check it on the held-out parts")
     args = parser.parse_args(argv)
@@ -441,6 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown)
     (args.out / "dsp.md").write_text(markdown + "\n")
     (args.out / "dsp.json").write_text(json.dumps(report, indent=1))
+    if args.tempo_octaves and "ours" in estimates:
+        report["tempo octaves"] = tempo_octave_study(clips, estimates["ours"])
     if args.calibrate and "ours" in estimates:
         report["calibration"] = calibration_report(clips, estimates["ours"])
     if args.errors and "ours" in estimates:
