@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     # windows, about 1.4 GB at most); refused before decoding when the header says it would not.
     max_call_memory_mb: float = Field(2048.0, gt=0, description="Memory one call's audio may cost (decoding plus "
                                                                 "madmom's analysis, estimated from the file header "
-                                                                "before decoding), MB; the server's peak is about "
-                                                                "its baseline plus max_concurrency times this.")
+                                                                "before decoding), MB; "
+                                                                "the whole server's is bounded by server_memory_mb.")
+    # Two long analyses at once reached about 3 GB with per-call budgets alone: calls reserve their estimate
+    # against this before decoding and analysing, and wait while it would be exceeded.
+    server_memory_mb: float = Field(2048.0, gt=0, description="Memory the whole server may hold (its process, its "
+                                                              "DSP worker processes and every call in flight), MB; "
+                                                              "calls wait for memory rather than exceed it.")
 
     # -- where results go, how much runs at once
     cache_dir: Path = Field(default_factory=_default_cache_dir,

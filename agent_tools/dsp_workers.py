@@ -11,7 +11,9 @@ per process (workers load madmom's networks at start) and reused.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -25,10 +27,20 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _warm_up() -> None:
+def _warm_up(parent: int) -> None:
     from model.dsp.analyzer import default_analyzer
 
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     default_analyzer().warm_up()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the server process is gone. A worker inherits both ends of the pool's queues,
+    so it never sees the server close them: a server stopped by a signal left its workers running (and
+    holding madmom's memory) before this."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _analyse(kind: str, clip: AudioClip) -> BaseModel:
@@ -43,13 +55,21 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         if workers not in _pools:
             # "spawn": the server process runs threads, which forking would copy in an unknown state.
             _pools[workers] = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up,
+                initargs=(os.getpid(),),
             )
         return _pools[workers]
 
 
 def _ready() -> bool:
     return True
+
+
+def worker_pids(workers: int) -> list[int]:
+    """The process ids of the pool of `workers` workers (empty until it started)."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        return sorted(getattr(pool, "_processes", None) or {}) if pool is not None else []
 
 
 def start(workers: int) -> None:
@@ -62,12 +82,17 @@ def start(workers: int) -> None:
 def analyse_in_worker(kind: str, clip: AudioClip, workers: int) -> BaseModel:
     """Run one DSP analysis (a kind of `model.dsp.capabilities.CAPABILITIES`) in a worker process."""
     capability(kind)  # refuse an unknown kind here, not in the worker
+    pool = _pool(workers)
     try:
-        return _pool(workers).submit(_analyse, kind, clip).result()
+        return pool.submit(_analyse, kind, clip).result()
     except BrokenProcessPool as exc:
-        with _pools_lock:  # a crashed worker (e.g. out of memory) breaks the pool: start afresh next time
-            _pools.pop(workers, None)
+        # A worker died (killed, out of memory): the pool is broken for good, so the next call starts a new one
+        # (unless another call already did) and this one says what happened.
+        with _pools_lock:
+            if _pools.get(workers) is pool:
+                del _pools[workers]
+        pool.shutdown(wait=False, cancel_futures=True)
         raise BackendError(
-            "A DSP worker process died during the analysis (out of memory?). Try a shorter window "
-            "(offset_s/duration_s) or call again."
+            "A DSP worker process died during the analysis (killed, or out of memory); a new worker is started "
+            "for the next call. Call again, or analyse a shorter window (offset_s/duration_s)."
         ) from exc

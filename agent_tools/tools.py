@@ -15,7 +15,9 @@ through `agent_tools.context.progress_callback`, a context variable a front end 
 
 from __future__ import annotations
 
+import io
 import threading
+import weakref
 from pathlib import Path
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
+import soundfile as sf
 from pydantic import Field, Strict
 
 from agent_tools.cache import ResultCache
@@ -32,6 +35,7 @@ from agent_tools.context import report_progress
 from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
+from agent_tools.memory import MiB, MemoryBudget
 from agent_tools.recommend import (
     AttributesReport,
     ClipPlot,
@@ -65,7 +69,7 @@ from agent_tools.similarity import (
     SimilarResults,
     TempoConstraint,
 )
-from model.audio import MODEL_RATE, AudioClip, load_audio
+from model.audio import MODEL_RATE, AudioClip, AudioLimits, load_audio
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
@@ -119,6 +123,36 @@ call_settings: ContextVar[Settings | None] = ContextVar("call_settings", default
 
 class CallAbandonedError(BackendError):
     """The call was abandoned by its caller (timed out) before its heavy work started."""
+
+
+# Analyses leave this much of the server's memory budget free, so the decoding of cache hits (about 1 MB per
+# 5 s of 44.1 kHz audio) is never queued behind long analyses that fill the rest.
+DECODING_ROOM_BYTES = 64 * MiB
+
+
+def window_decode_bytes(readable, offset_s: float, duration_s: float | None) -> int:
+    """What decoding the window costs (mono float32 samples, plus all channels at once for MP3, which
+    `load_audio` reads in one piece), from the header alone; 0 when the header cannot be read (decoding
+    then refuses the file with the reason). The file is left where it was."""
+    source = io.BytesIO(readable) if isinstance(readable, (bytes, bytearray)) else readable
+    position = source.tell() if hasattr(source, "tell") else None
+    try:
+        with sf.SoundFile(source) as f:
+            rate, total, channels, whole = f.samplerate, f.frames, f.channels, f.format in ("MP3", "MPEG")
+    except Exception:  # noqa: BLE001 - load_audio reports what is wrong with the file
+        return 0
+    finally:
+        if position is not None:
+            source.seek(position)
+    start = int(round(offset_s * rate))
+    frames = max(0, total - start if duration_s is None else min(int(round(duration_s * rate)), total - start))
+    return frames * 4 * (1 + (channels if whole else 0))
+
+
+def analysis_bytes(clip: AudioClip, limits: AudioLimits) -> int:
+    """What analysing the decoded `clip` costs beyond its samples (see AudioLimits.window_bytes)."""
+    frames = len(clip.samples)
+    return max(0, limits.window_bytes(frames, clip.sample_rate) - frames * 4)
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -178,6 +212,9 @@ class MusicTools:
         # behind a long analysis.
         self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
         self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
+        # One memory budget for the whole server (this process, its DSP workers, every call): each call reserves
+        # its decoded window before decoding, and its analysis before analysing (agent_tools.memory).
+        self.memory = MemoryBudget(int(self._settings.server_memory_mb * MiB))
 
     # --- shared plumbing -------------------------------------------------------------
 
@@ -225,12 +262,25 @@ class MusicTools:
         resolved = resolve_audio(audio, self.settings)
         report_progress(1, 3, "decoding audio")
         try:
-            with self._slot(self._decode_slots, "decoding"):
-                # From the descriptor opened under the root (never the path again), within the memory budget.
-                limits = self.settings.audio_limits if dsp else replace(self.settings.audio_limits,
-                                                                         analysis_bytes_per_second=0)
-                clip = load_audio(resolved.readable, offset_s=offset_s, duration_s=duration_s, limits=limits,
-                                  name=resolved.label)
+            limits = self.settings.audio_limits if dsp else replace(self.settings.audio_limits,
+                                                                     analysis_bytes_per_second=0)
+            # A call gets at most what the server's budget leaves beside the server itself; beyond that it is
+            # refused (with the longest duration_s that fits) before anything is decoded.
+            alone = self.memory.available_alone()
+            if limits.max_memory_bytes is None or alone < limits.max_memory_bytes:
+                limits = replace(limits, max_memory_bytes=alone)
+            held = self.memory.acquire(window_decode_bytes(resolved.readable, offset_s, duration_s),
+                                       call_abandoned.get(), "decoding")
+            try:
+                with self._slot(self._decode_slots, "decoding"):
+                    # From the descriptor opened under the root (never the path again), within the memory budget.
+                    clip = load_audio(resolved.readable, offset_s=offset_s, duration_s=duration_s, limits=limits,
+                                      name=resolved.label)
+            except BaseException:
+                self.memory.release(held)
+                raise
+            # The decoded window stays reserved as long as the clip lives (the call, or a queue for a slot).
+            weakref.finalize(clip, self.memory.release, held)
         finally:
             resolved.close()
         if clip.is_silent:
@@ -287,7 +337,13 @@ class MusicTools:
             with self.computing():
                 # Another call may have computed it while this one waited for a slot.
                 cached = self.cache.get(kind, clip.sha256, params, result_cls)
-                return cached if cached is not None else compute()
+                if cached is not None:
+                    return cached
+                # The analysis' memory (its 44.1 kHz copy and madmom's working memory), leaving room for the
+                # decoding of cache hits, which are answered while analyses fill the budget.
+                with self.memory.reserve(analysis_bytes(clip, self.settings.audio_limits), call_abandoned.get(),
+                                         f"measuring {kind}", leave_free=DECODING_ROOM_BYTES):
+                    return compute()
 
         result = self.cache.get_or_compute(kind, clip.sha256, params, result_cls, compute_in_slot)
         report_progress(3, 3, "done")

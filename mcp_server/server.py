@@ -11,7 +11,9 @@ the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import hmac
 import inspect
 import json
@@ -84,6 +86,67 @@ class StaticTokenVerifier:
         return None
 
 
+class ProgressNotifier:
+    """Forwards one call's progress to its client from the event loop, and keeps it from going quiet.
+
+    The tool's thread only queues its steps (`report` never waits for the event loop: under load,
+    waiting on the loop four times per call was what made cache hits slow). A task in the event loop
+    sends them in order and, while a step is silent, repeats its message with the time spent on it
+    every HEARTBEAT_S. MCP progress must increase: a step reported below the last value sent goes out
+    just above it, and each heartbeat closes a tenth of the distance to the next whole step.
+    """
+
+    def __init__(self, ctx: Context, name: str):
+        self._ctx = ctx
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._steps: collections.deque[tuple[float, float, str]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._sent, self._total, self._message = -1.0, 1.0, name
+        self._since = self._at = time.monotonic()
+
+    def report(self, done: float, total: float, message: str) -> None:
+        """Queue a step; called from the tool's thread."""
+        if self._closed:
+            return
+        self._steps.append((done, total, message))
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop has closed (server shutting down): nothing left to tell
+            pass
+
+    def close(self) -> None:
+        """The call is over: `run` sends what is queued and returns. Called in the event loop."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            timeout = max(0.0, self._at + HEARTBEAT_S - time.monotonic())
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+            self._wake.clear()
+            while self._steps:
+                done, total, message = self._steps.popleft()
+                self._message, self._since = message, time.monotonic()
+                await self._send(max(done, self._sent + 1e-3), total, message)
+            if self._closed:
+                return
+            if time.monotonic() - self._at >= HEARTBEAT_S:
+                sent = max(self._sent, 0.0)
+                creep = sent + (math.floor(sent) + 1 - sent) * 0.1
+                spent = time.monotonic() - self._since
+                await self._send(creep, self._total, f"{self._message} (still working, {spent:.0f} s)")
+
+    async def _send(self, done: float, total: float, message: str) -> None:
+        self._sent, self._total, self._at = done, max(total, done), time.monotonic()
+        try:
+            await self._ctx.report_progress(done, self._total, message)
+        except Exception:  # progress is best effort; never fail the call for it
+            log.debug("progress notification for %s dropped", self._name, exc_info=True)
+
+
 class ToolRunner:
     """Runs blocking tool methods in worker threads with a timeout, progress and typed errors.
 
@@ -98,39 +161,25 @@ class ToolRunner:
 
     async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None,
                   settings: Settings | None = None):
-        finished = threading.Event()
+        if ctx is None:
+            return await self._run(name, method, kwargs, None, settings)
+        notifier = ProgressNotifier(ctx, name)
+        outcome: list = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(notifier.run)
+            try:
+                outcome.append(await self._run(name, method, kwargs, notifier.report, settings))
+            except Exception as exc:  # re-raised below, after the last progress went out
+                outcome.append(exc)
+            finally:
+                notifier.close()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    async def _run(self, name: str, method: Callable, kwargs: dict, progress: Callable | None,
+                   settings: Settings | None):
         abandoned = threading.Event()  # set on timeout: the worker thread starts no more heavy work
-
-        loop = anyio.lowlevel.current_token()
-        # The last value sent (and when), and the current step: the last message the tool reported, since when.
-        state = {"sent": -1.0, "total": 1.0, "message": name, "since": time.monotonic(),
-                 "at": time.monotonic()}
-        sending = threading.Lock()
-
-        def send(done: float, total: float, message: str) -> None:
-            with sending:
-                if ctx is None or finished.is_set() or done <= state["sent"]:
-                    return  # MCP progress must increase: a value not above the last one sent is dropped
-                state.update(sent=done, total=max(total, done), at=time.monotonic())
-                try:
-                    anyio.from_thread.run(ctx.report_progress, done, state["total"], message, token=loop)
-                except Exception:  # progress is best effort; never fail the call for it
-                    log.debug("progress notification for %s dropped", name, exc_info=True)
-
-        def progress(done: float, total: float, message: str) -> None:
-            state.update(message=message, since=time.monotonic())
-            # After heartbeats crept past this step's value, the step still goes out, just above them.
-            send(max(done, state["sent"] + 1e-3), total, message)
-
-        def heartbeat() -> None:
-            """While a step is silent, repeat its message with the time spent on it; each heartbeat's value
-            closes a tenth of the distance to the next whole step, so it increases but never reaches it."""
-            while not finished.wait(HEARTBEAT_S / 5):
-                if time.monotonic() - state["at"] >= HEARTBEAT_S:
-                    sent = max(state["sent"], 0.0)
-                    creep = sent + (math.floor(sent) + 1 - sent) * 0.1
-                    spent = time.monotonic() - state["since"]
-                    send(creep, state["total"], f"{state['message']} (still working, {spent:.0f} s)")
 
         def job():
             token, gave_up = progress_callback.set(progress), call_abandoned.set(abandoned)
@@ -141,9 +190,6 @@ class ToolRunner:
                 call_settings.reset(session)
                 call_abandoned.reset(gave_up)
                 progress_callback.reset(token)
-
-        if ctx is not None:
-            threading.Thread(target=heartbeat, name=f"progress-{name}", daemon=True).start()
 
         try:
             with anyio.fail_after(self.timeout_s):
@@ -163,8 +209,6 @@ class ToolRunner:
             # the call, and log the traceback for the operator.
             log.exception("%s failed unexpectedly", name)
             raise ToolError(unexpected_error_message(name, exc)) from exc
-        finally:
-            finished.set()
 
 
 def unexpected_error_message(name: str, exc: BaseException) -> str:

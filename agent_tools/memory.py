@@ -1,0 +1,130 @@
+"""One memory budget for the whole server: its process, its DSP worker processes and every call in flight.
+
+Each call's memory is estimated from the file header before anything is decoded
+(`model.audio.AudioLimits.window_bytes`): the decoded window, and on a cache miss
+the analysis (its 44.1 kHz copy and madmom's working memory). A call reserves its
+part before it spends it and waits while the reservations of running calls plus
+the server's resident memory would exceed the budget; a call that could not fit
+even alone is refused with the longest window that fits. Per-call budgets alone
+did not bound the server: two long analyses at once reached about 3 GB.
+
+The server's own memory (Python, madmom's networks in each worker, a loaded
+model) is read from /proc whenever no reservation is outstanding, so what a
+finished analysis left resident (the allocator keeps some) counts against later calls.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from model.errors import BackendError
+
+MiB = 1024 * 1024
+
+
+class MemoryWaitAbandoned(BackendError):
+    """The call was abandoned (timed out) while it waited for memory."""
+
+
+def process_tree_rss(pid: int | None = None) -> int:
+    """Resident bytes of a process and all its descendants (its DSP workers); Linux /proc, else the
+    process's own peak (getrusage), the best this platform tells."""
+    pid = os.getpid() if pid is None else pid
+    proc = Path("/proc")
+    if not (proc / str(pid) / "status").exists():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    total = 0
+    for member in process_tree(pid):
+        total += _status_kb(member, "VmRSS") * 1024
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc/PID/task/*/children), those still alive."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                queue.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:  # the task or process ended meanwhile
+                continue
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name == key:
+                return int(rest.split()[0])
+    except (OSError, ValueError, IndexError):  # the process ended meanwhile
+        pass
+    return 0
+
+
+class MemoryBudget:
+    """Reservations against `total_bytes` for the whole process tree; thread-safe.
+
+    `resident` measures what the server holds besides reservations (default: this process tree's RSS);
+    it is read again each time a reservation starts with none outstanding.
+    """
+
+    def __init__(self, total_bytes: int, resident=process_tree_rss):
+        self.total_bytes = int(total_bytes)
+        self._resident = resident
+        self._baseline = 0
+        self._reserved = 0
+        self._changed = threading.Condition()
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved
+
+    def available_alone(self) -> int:
+        """What one call could reserve with nothing else running: the budget less the server's own memory."""
+        with self._changed:
+            if self._reserved == 0:
+                self._baseline = self._resident()
+            return max(0, self.total_bytes - self._baseline)
+
+    def acquire(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the call",
+                leave_free: int = 0) -> int:
+        """Reserve `nbytes` until `release(nbytes)`; wait while they do not fit beside the reservations of
+        running calls (and `leave_free` bytes, which analyses keep free for the decoding of cache hits).
+        With nothing else reserved a request is always admitted (the caller checked it against
+        `available_alone`; the server's resident memory is a measurement), so no call waits forever."""
+        nbytes = max(0, int(nbytes))
+        with self._changed:
+            while True:
+                if self._reserved == 0:
+                    self._baseline = self._resident()
+                    break
+                if self._baseline + self._reserved + nbytes + leave_free <= self.total_bytes:
+                    break
+                if abandoned is not None and abandoned.is_set():
+                    raise MemoryWaitAbandoned(f"the call was abandoned (timed out) while {what} waited for memory")
+                self._changed.wait(timeout=0.05)
+            self._reserved += nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._changed:
+            self._reserved = max(0, self._reserved - max(0, int(nbytes)))
+            self._changed.notify_all()
+
+    @contextmanager
+    def reserve(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the call",
+                leave_free: int = 0) -> Iterator[None]:
+        """`acquire` for the duration of a block."""
+        held = self.acquire(nbytes, abandoned, what, leave_free)
+        try:
+            yield
+        finally:
+            self.release(held)
