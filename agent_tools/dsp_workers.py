@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from pydantic import BaseModel
 
+from agent_tools.memory import return_freed_memory
 from model.audio import AudioClip
 from model.dsp.capabilities import capability
 from model.errors import BackendError
@@ -47,7 +48,10 @@ def _analyse(kind: str, clip: AudioClip) -> BaseModel:
     from model.dsp import capabilities
     from model.dsp.analyzer import default_analyzer
 
-    return capabilities.run(default_analyzer(), kind, clip)
+    try:
+        return capabilities.run(default_analyzer(), kind, clip)
+    finally:
+        return_freed_memory()  # the server reads this worker's resident size as its own memory
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

@@ -15,6 +15,8 @@ finished analysis left resident (the allocator keeps some) counts against later 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -69,11 +71,34 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def return_freed_memory() -> None:
+    """Give memory freed by an analysis back to the system (glibc keeps freed heap, and the resident size
+    read as the server's own memory would otherwise keep what the last analysis used); no-op elsewhere."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_libc = _load_libc()
+
+
 class MemoryBudget:
     """Reservations against `total_bytes` for the whole process tree; thread-safe.
 
     `resident` measures what the server holds besides reservations (default: this process tree's RSS);
     it is read again each time a reservation starts with none outstanding.
+
+    Two kinds of reservation: a call's decoded window (held until the call ends) and its analysis (held while
+    it runs). An analysis is admitted whenever no other analysis runs, whatever the decoded windows hold: those
+    belong to calls waiting for their own analysis, so waiting for them could wait forever.
     """
 
     def __init__(self, total_bytes: int, resident=process_tree_rss):
@@ -81,6 +106,8 @@ class MemoryBudget:
         self._resident = resident
         self._baseline = 0
         self._reserved = 0
+        self._analyses = 0
+        self.most_reserved_bytes = 0  # the most reserved at once so far (benchmarks and tests read it)
         self._changed = threading.Condition()
 
     @property
@@ -95,16 +122,19 @@ class MemoryBudget:
             return max(0, self.total_bytes - self._baseline)
 
     def acquire(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the call",
-                leave_free: int = 0) -> int:
+                leave_free: int = 0, analysis: bool = False) -> int:
         """Reserve `nbytes` until `release(nbytes)`; wait while they do not fit beside the reservations of
         running calls (and `leave_free` bytes, which analyses keep free for the decoding of cache hits).
         With nothing else reserved a request is always admitted (the caller checked it against
-        `available_alone`; the server's resident memory is a measurement), so no call waits forever."""
+        `available_alone`; the server's resident memory is a measurement), so no call waits forever;
+        neither does an analysis (`analysis=True`) when no other analysis runs."""
         nbytes = max(0, int(nbytes))
         with self._changed:
             while True:
                 if self._reserved == 0:
                     self._baseline = self._resident()
+                    break
+                if analysis and self._analyses == 0:
                     break
                 if self._baseline + self._reserved + nbytes + leave_free <= self.total_bytes:
                     break
@@ -112,19 +142,22 @@ class MemoryBudget:
                     raise MemoryWaitAbandoned(f"the call was abandoned (timed out) while {what} waited for memory")
                 self._changed.wait(timeout=0.05)
             self._reserved += nbytes
+            self._analyses += analysis
+            self.most_reserved_bytes = max(self.most_reserved_bytes, self._reserved)
         return nbytes
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, analysis: bool = False) -> None:
         with self._changed:
             self._reserved = max(0, self._reserved - max(0, int(nbytes)))
+            self._analyses = max(0, self._analyses - analysis)
             self._changed.notify_all()
 
     @contextmanager
-    def reserve(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the call",
-                leave_free: int = 0) -> Iterator[None]:
-        """`acquire` for the duration of a block."""
-        held = self.acquire(nbytes, abandoned, what, leave_free)
+    def analysing(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the analysis",
+                  leave_free: int = 0) -> Iterator[None]:
+        """Hold an analysis' reservation while the block runs."""
+        held = self.acquire(nbytes, abandoned, what, leave_free, analysis=True)
         try:
             yield
         finally:
-            self.release(held)
+            self.release(held, analysis=True)

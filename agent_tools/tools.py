@@ -35,7 +35,7 @@ from agent_tools.context import report_progress
 from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
-from agent_tools.memory import MiB, MemoryBudget
+from agent_tools.memory import MiB, MemoryBudget, return_freed_memory
 from agent_tools.recommend import (
     AttributesReport,
     ClipPlot,
@@ -341,9 +341,12 @@ class MusicTools:
                     return cached
                 # The analysis' memory (its 44.1 kHz copy and madmom's working memory), leaving room for the
                 # decoding of cache hits, which are answered while analyses fill the budget.
-                with self.memory.reserve(analysis_bytes(clip, self.settings.audio_limits), call_abandoned.get(),
-                                         f"measuring {kind}", leave_free=DECODING_ROOM_BYTES):
-                    return compute()
+                with self.memory.analysing(analysis_bytes(clip, self.settings.audio_limits), call_abandoned.get(),
+                                           f"measuring {kind}", leave_free=DECODING_ROOM_BYTES):
+                    try:
+                        return compute()
+                    finally:
+                        return_freed_memory()  # so the server's resident size, read as its own, is what it holds
 
         result = self.cache.get_or_compute(kind, clip.sha256, params, result_cls, compute_in_slot)
         report_progress(3, 3, "done")

@@ -572,3 +572,175 @@ def test_the_default_budget_admits_whole_songs_because_long_clips_are_analysed_i
     # Analysed in one piece, a 20-minute window would cost several GB.
     whole = dataclasses.replace(limits, analysis_cap_s=None)
     assert whole.window_bytes(20 * 60 * 44100, 44100) > 4 * limits.max_memory_bytes
+
+
+# --- 8. one memory budget for the whole server ----------------------------------------------------
+
+
+def song_pair(folder: Path, seconds: float = 6.0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_song(folder, seed=40 + i, duration_s=seconds, name=f"pair_{i}", style="rock")
+    return [folder / f"pair_{i}.wav" for i in range(2)]
+
+
+def analyse_together(tools: MusicTools, songs: list[Path]) -> tuple[list, int]:
+    """analyze_clip on each song, each in its own thread, all at once: the answers (or exceptions) and the
+    most memory the toolbox had reserved at once."""
+    answers: list = [None] * len(songs)
+
+    def analyse(i: int):
+        try:
+            answers[i] = tools.analyze_clip(str(songs[i]))
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            answers[i] = exc
+
+    threads = [threading.Thread(target=analyse, args=(i,), daemon=True) for i in range(len(songs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return answers, tools.memory.most_reserved_bytes
+
+
+def test_two_analyses_at_once_stay_within_the_servers_memory_budget(music, tmp_path):
+    # Before: each call was checked against its own budget only, so with max_concurrency 2 two long analyses
+    # ran side by side (about 3 GB for two 170 s songs). Now the second waits while both would not fit.
+    from agent_tools.memory import process_tree_rss
+    from agent_tools.tools import analysis_bytes
+
+    songs = song_pair(tmp_path / "songs")
+    limits = Settings().audio_limits
+    one = analysis_bytes(load_audio(songs[0]), limits)
+    roomy = settings_for(music, roots=(tmp_path,), max_concurrency=2, cache_dir=tmp_path / "roomy",
+                         server_memory_mb=64 * 1024)
+    side_by_side, most = analyse_together(MusicTools(roomy), songs)
+    assert all(not isinstance(a, Exception) for a in side_by_side), side_by_side
+    assert most >= 2 * one, "control: with room for both, the two analyses ran at once"
+
+    budget_mb = (process_tree_rss() + 1.5 * one) / MiB + 64 + 8  # room for one analysis (and the decodes)
+    tight = settings_for(music, roots=(tmp_path,), max_concurrency=2, cache_dir=tmp_path / "tight",
+                         server_memory_mb=budget_mb)
+    tools = MusicTools(tight)
+    answers, most = analyse_together(tools, songs)
+    assert all(not isinstance(a, Exception) for a in answers), answers
+    assert one <= most < 2 * one, f"reserved {most / MiB:.0f} MB at once; one analysis is {one / MiB:.0f} MB"
+    assert [a.analysis for a in answers] == [a.analysis for a in side_by_side]  # the same answers, only later
+    assert tools.memory.reserved_bytes == 0  # every reservation was given back
+
+    # Room for one analysis but not for the decoding room beside it: an analysis is still admitted when no
+    # other runs (the first version waited here forever: both calls' decoded windows were reserved).
+    barely = settings_for(music, roots=(tmp_path,), max_concurrency=2, cache_dir=tmp_path / "barely",
+                          server_memory_mb=(process_tree_rss() + one) / MiB + 40)
+    tools = MusicTools(barely)
+    answers, most = analyse_together(tools, songs)
+    assert all(a is not None and not isinstance(a, Exception) for a in answers), answers
+    assert most < 2 * one and tools.memory.reserved_bytes == 0
+
+
+def test_a_window_that_cannot_fit_beside_the_server_is_refused_with_one_that_fits(music, tmp_path):
+    from agent_tools.memory import process_tree_rss
+
+    long_tone = tmp_path / "tone_60s.wav"
+    sf.write(long_tone, 0.3 * np.sin(np.linspace(0, 2 * np.pi * 440 * 60, 44100 * 60)), 44100, subtype="PCM_16")
+    # Room for a 6 s analysis (about 300 MB) beside the server, not for 60 s (about 700 MB).
+    budget_mb = process_tree_rss() / MiB + 450
+    tools = MusicTools(settings_for(music, roots=(tmp_path, music["root"]), cache_dir=tmp_path / "cache",
+                                    server_memory_mb=budget_mb))
+    with pytest.raises(AudioTooLargeError, match=r"memory budget.*duration_s <= \d") as refused:
+        tools.analyze_clip(str(long_tone))
+    fits = float(re.search(r"duration_s <= ([\d.]+)", str(refused.value)).group(1))
+    assert 5 < fits < 60
+    assert tools.analyze_clip(str(long_tone), duration_s=fits).analysis.tempo is not None
+    assert tools.memory.reserved_bytes == 0
+
+
+async def test_cache_hits_are_answered_while_analyses_fill_the_memory_budget(music, tmp_path):
+    from agent_tools.memory import process_tree_rss
+
+    settings = settings_for(music, roots=(tmp_path, music["root"]), cache_dir=tmp_path / "cache",
+                            server_memory_mb=process_tree_rss() / MiB + 1024, call_timeout_s=3.0)
+    tools = MusicTools(settings)
+    new_song = song_pair(tmp_path / "songs")[0]
+    async with Client(build_server(settings, tools=tools)) as client:
+        first = await client.call_tool("detect_key", {"audio": str(music["song"])})
+        assert not first.is_error
+        # Long analyses hold all of the budget that analyses may take (they leave room for decoding).
+        from agent_tools.tools import DECODING_ROOM_BYTES
+
+        held = tools.memory.acquire(tools.memory.available_alone() - DECODING_ROOM_BYTES, analysis=True)
+        try:
+            started = time.monotonic()
+            again = await client.call_tool("detect_key", {"audio": str(music["song"])})
+            waited = time.monotonic() - started
+            blocked = await client.call_tool("detect_key", {"audio": str(new_song)})
+        finally:
+            tools.memory.release(held, analysis=True)
+    assert not again.is_error and again.structured_content == first.structured_content and waited < 2.0
+    # A new analysis waits for memory instead (here until its call times out).
+    assert blocked.is_error and "did not finish within" in blocked.content[0].text
+
+
+# --- 9. DSP worker processes ------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended
+
+
+async def test_a_killed_dsp_worker_fails_its_call_clearly_and_is_replaced(music, tmp_path):
+    from agent_tools import dsp_workers
+
+    workers = 2  # a pool of its own (pools are per worker count), so other tests' pools are untouched
+    settings = settings_for(music, roots=(tmp_path, music["root"]), cache_dir=tmp_path / "cache",
+                            dsp_workers=workers, call_timeout_s=300.0)
+    tools = MusicTools(settings)
+    long_song = tmp_path / "long.wav"
+    write_song(tmp_path, seed=7, duration_s=60.0, name="long", style="rock")
+    dsp_workers.start(workers)
+    old = dsp_workers.worker_pids(workers)
+    assert len(old) == workers
+
+    async def kill_when_analysing():
+        while tools.memory.reserved_bytes < 256 * MiB:  # the analysis' reservation: it has been sent to a worker
+            await anyio.sleep(0.02)
+        await anyio.sleep(1.0)
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+
+    async with Client(build_server(settings, tools=tools)) as client:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(kill_when_analysing)
+            failed = await client.call_tool("analyze_clip", {"audio": str(long_song)})
+        # The server keeps serving, with new workers.
+        answered = await client.call_tool("detect_key", {"audio": str(music["song"])})
+    assert failed.is_error and "worker process died" in failed.content[0].text
+    assert "call again" in failed.content[0].text.lower()
+    assert not answered.is_error, answered.content
+    new = dsp_workers.worker_pids(workers)
+    assert new and not set(new) & set(old)
+    assert tools.memory.reserved_bytes == 0
+
+
+def test_dsp_workers_end_when_the_server_process_is_killed(tmp_path):
+    # A worker holds both ends of the pool's queues, so it never noticed a server stopped by a signal: the
+    # reliability benchmark left orphaned workers (about 230 MB each) behind every server it terminated.
+    script = ("import sys, time\nfrom agent_tools import dsp_workers\ndsp_workers.start(1)\n"
+              "print(*dsp_workers.worker_pids(1), flush=True)\ntime.sleep(120)\n")
+    server = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        pids = [int(p) for p in server.stdout.readline().split()]
+        assert pids and all(alive(p) for p in pids)
+        time.sleep(3)  # the worker is importing madmom or warm by now
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), "a DSP worker outlived its server"
