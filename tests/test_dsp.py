@@ -229,3 +229,32 @@ def test_the_dbn_bar_phase_is_mapped_onto_a_halved_beat_grid():
     assert _dbn_phase(feats, 4, 10.0) == pytest.approx(list(dbn_beats[1::4] + 10.0))  # its own, in file times
     feats["beats_array"] = dbn_beats[1::2]  # our tempo correction kept every other beat
     assert _dbn_phase(feats, 4, 0.0) == pytest.approx(list(dbn_beats[1::8]))
+
+
+def _networks(step) -> list:
+    """Every madmom NeuralNetwork inside a processor chain."""
+    from madmom.ml.nn import NeuralNetwork
+
+    if isinstance(step, NeuralNetwork):
+        return [step]
+    return [n for inner in getattr(step, "processors", []) for n in _networks(inner)]
+
+
+def test_networks_run_on_one_thread_and_give_madmoms_own_outputs(labelled_clips, analyzer):
+    from madmom.audio.signal import Signal
+    from madmom.features.chords import CNNChordFeatureProcessor
+    from madmom.features.key import CNNKeyRecognitionProcessor
+
+    from model.dsp.analyzer import ONNX_THREADS
+
+    procs = analyzer._procs()
+    counts = {name: len(_networks(procs[name])) for name in ("downbeat_rnn", "deep_chroma", "key_cnn", "chord_cnn")}
+    assert counts["downbeat_rnn"] == 8 and all(counts.values())
+    assert ONNX_THREADS == 1
+    for name in counts:
+        assert all(n._runtime._intra_op_num_threads == ONNX_THREADS for n in _networks(procs[name])), name
+    # The reloaded key and chord networks are madmom's own: same numbers as its default chains.
+    clip = load_audio(labelled_clips["waltz_eb_major"].path, duration_s=8.0).resampled(44100)
+    signal = Signal(clip.samples, sample_rate=44100)
+    assert np.array_equal(procs["key_cnn"](signal), CNNKeyRecognitionProcessor()(signal))
+    assert np.array_equal(procs["chord_cnn"](signal), CNNChordFeatureProcessor()(signal))
