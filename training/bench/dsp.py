@@ -369,9 +369,9 @@ def fit_calibration(raw: list[float], right: list[bool], bins: int = CALIBRATION
 
 def calibration_report(clips: list[Clip], estimates: list[dict]) -> dict:
     """Fit on the tuning parts, then the reliability of raw and calibrated confidences on both parts."""
-    report, tables = {}, {}
+    report, tables, rows_by_quantity = {}, {}, {}
     for quantity in ("tempo", "meter", "key"):
-        rows = {held: [(est["raw_confidence"][quantity], right) for truth, est in zip(clips, estimates)
+        rows_by_quantity[quantity] = rows = {held: [(est["raw_confidence"][quantity], right) for truth, est in zip(clips, estimates)
                        if truth.held_out == held and quantity in est.get("raw_confidence", {})
                        and (right := was_right(quantity, truth, est)) is not None] for held in (False, True)}
         tables[quantity] = fit_calibration([r for r, _ in rows[False]], [ok for _, ok in rows[False]])
@@ -383,6 +383,21 @@ def calibration_report(clips: list[Clip], estimates: list[dict]) -> dict:
                 "n": len(raw), "accuracy": float(right.mean()),
                 "mean raw confidence": float(raw.mean()), "mean calibrated confidence": float(mapped.mean()),
                 "Brier raw": float(np.mean((raw - right) ** 2)), "Brier calibrated": float(np.mean((mapped - right) ** 2))}
+    bins = ["| quantity | raw confidence bin (from the tuning parts) | tuning n | tuning accuracy | calibrated | held-out n"
+            " | held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    for quantity in ("tempo", "meter", "key"):
+        tuning = sorted(rows_by_quantity[quantity][False], key=lambda row: row[0])  # as fit_calibration orders them
+        parts = [part for part in np.array_split(np.arange(len(tuning)), min(CALIBRATION_BINS, len(tuning))) if len(part)]
+        edges = [(tuning[a[-1]][0] + tuning[b[0]][0]) / 2 for a, b in zip(parts[:-1], parts[1:])]
+        held = rows_by_quantity[quantity][True]
+        for n, part in enumerate(parts):
+            low, high = (edges[n - 1] if n else 0.0), (edges[n] if n < len(edges) else 1.0)
+            inside = [ok for r, ok in held if (np.searchsorted(edges, r, side="right") == n)]
+            mean_raw = np.mean([tuning[i][0] for i in part])
+            bins.append(f"| {quantity} | {low:.3f}-{high:.3f} | {len(part)} | {np.mean([tuning[i][1] for i in part]):.3f}"
+                        f" | {analyzer_module.calibrated(quantity, mean_raw):.3f} | {len(inside)}"
+                        f" | {np.mean(inside) if inside else float('nan'):.3f} |")
+    print("\n".join(bins))
     lines = ["| quantity | part | n | accuracy | mean raw confidence | mean calibrated | Brier raw | Brier calibrated |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name.split(' / ')[0]} | {name.split(' / ')[1]} | {r['n']} | {r['accuracy']:.3f} | {r['mean raw confidence']:.3f}"
