@@ -152,14 +152,23 @@ def bombs(workdir: Path, clips_dir: Path, env_changes: dict[str, str], long_s: i
 # --- 2. load -------------------------------------------------------------------------------------
 
 
-async def session_call(client: Client, path: Path, kind: str) -> Call:
+async def session_call(client: Client, path: Path, kind: str) -> tuple[Call, float]:
+    """One timed call, and the longest silence in it: the most time between the request, its progress
+    notifications and its answer (the server promises a heartbeat every 3 s)."""
     start = time.perf_counter()
+    heard = [start]
+
+    async def on_progress(done, total, message):
+        heard.append(time.perf_counter())
+
     try:
-        result = await client.call_tool("analyze_clip", {"audio": str(path)})
+        result = await client.call_tool("analyze_clip", {"audio": str(path)}, progress_callback=on_progress)
         ok, error = not result.is_error, "" if not result.is_error else result.content[0].text[:200]
     except Exception as exc:  # a failed call is a result here
         ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
-    return Call(kind, time.perf_counter() - start, ok, error)
+    end = time.perf_counter()
+    silence = float(np.max(np.diff(heard + [end])))
+    return Call(kind, end - start, ok, error), silence
 
 
 def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, sessions: int,
@@ -187,14 +196,16 @@ def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, s
                                                      for i, (path, kind) in enumerate(jobs)))
                     return list(results), time.perf_counter() - start
 
-            results, wall = asyncio.run(everything())
+            answers, wall = asyncio.run(everything())
             rss = memory_mb(process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
+    results = [c for c, _ in answers]
     rows = {kind: summarize([c for c in results if c.kind == kind], wall) for kind in ("cached", "new")}
     errors = [c.error for c in results if not c.ok]
-    return {"rows": rows, "wall_s": wall, "errors": errors, **rss}
+    silence = max(s for c, s in answers if c.kind == "new")
+    return {"rows": rows, "wall_s": wall, "errors": errors, "longest_silence_s": silence, **rss}
 
 
 # --- 3. endurance ----------------------------------------------------------------------------
@@ -353,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         for kind, row in result["rows"].items():
             out.print(f"  {kind:<7} calls {row['calls']:4d}  failures {row['failures']:3d}  p50 {row['p50']:7.3f} s  "
                       f"p95 {row['p95']:7.3f} s  max {row['max']:7.3f} s")
+        out.print(f"  longest silence in a new call (request, progress notifications, answer): "
+                  f"{result['longest_silence_s']:.1f} s (heartbeat every 3 s)")
         failed |= bool(result["errors"]) or result["rows"]["cached"]["p95"] > 0.5
         for error in result["errors"][:5]:
             out.print(f"  [red]failure[/red]: {error}")
