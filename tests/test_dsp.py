@@ -258,3 +258,35 @@ def test_networks_run_on_one_thread_and_give_madmoms_own_outputs(labelled_clips,
     signal = Signal(clip.samples, sample_rate=44100)
     assert np.array_equal(procs["key_cnn"](signal), CNNKeyRecognitionProcessor()(signal))
     assert np.array_equal(procs["chord_cnn"](signal), CNNChordFeatureProcessor()(signal))
+
+
+def test_the_dbn_decodes_at_50_fps_with_the_beats_it_finds_at_100(labelled_clips, analyzer):
+    from madmom.features.downbeats import DBNDownBeatTrackingProcessor
+
+    from model.dsp.analyzer import ACTIVATION_FPS, DBN_FPS, _track_in_windows
+
+    assert DBN_FPS == 50 and analyzer._procs()["downbeat_dbn"].fps == DBN_FPS
+    full_rate = DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=ACTIVATION_FPS)
+    for name in ("rock_a_minor", "waltz_eb_major"):
+        clip = load_audio(labelled_clips[name].path)
+        activation = analyzer._get(analyzer._features(clip), "activation")
+        beats, meter, downbeats = _track_in_windows(analyzer._procs()["downbeat_dbn"], activation)
+        reference = full_rate(activation)
+        assert meter == int(reference[:, 1].max()) == labelled_clips[name].labels.beats_per_bar
+        assert len(beats) == pytest.approx(len(reference), abs=1)
+        offset = np.min(np.abs(beats[:, None] - reference[None, :, 0]), axis=1)
+        assert np.mean(offset <= 0.021) > 0.95  # one 20 ms frame at most
+        assert len(downbeats) == pytest.approx(np.sum(reference[:, 1] == 1), abs=1)
+
+
+def test_a_doubled_tempo_whose_off_beats_are_stronger_keeps_valid_alternatives():
+    from model.dsp.analyzer import ACTIVATION_FPS, _correct_tempo
+
+    beats = np.arange(1, 21) * 0.6  # tracked at 100 BPM ...
+    activation = np.zeros((int(13 * ACTIVATION_FPS), 2))
+    for t in beats:
+        activation[int(round(t * ACTIVATION_FPS)), 0] = 0.4
+        activation[int(round((t + 0.3) * ACTIVATION_FPS)), 0] = 0.8  # ... but the stronger pulses lie between
+    corrected, tempo = _correct_tempo(beats, activation)
+    assert tempo.bpm == pytest.approx(200, rel=0.01) and len(corrected) == 2 * len(beats) - 1
+    assert all(0 <= c.strength <= 1 for c in tempo.alternatives)  # was a validation error (strength -0.5)
