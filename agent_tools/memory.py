@@ -20,6 +20,7 @@ import ctypes.util
 import os
 import resource
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,13 +38,9 @@ def process_tree_rss(pid: int | None = None) -> int:
     """Resident bytes of a process and all its descendants (its DSP workers); Linux /proc, else the
     process's own peak (getrusage), the best this platform tells."""
     pid = os.getpid() if pid is None else pid
-    proc = Path("/proc")
-    if not (proc / str(pid) / "status").exists():
+    if not Path(f"/proc/{pid}/statm").exists():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    total = 0
-    for member in process_tree(pid):
-        total += _status_kb(member, "VmRSS") * 1024
-    return total
+    return sum(_rss_bytes(member) for member in _members(pid))
 
 
 def process_tree(pid: int) -> list[int]:
@@ -60,15 +57,23 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def _status_kb(pid: int, key: str) -> int:
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_tree_seen: dict[int, tuple[float, list[int]]] = {}
+TREE_REFRESH_S = 2.0  # walking a server's ~70 threads for children costs about 2 ms: not on every call
+
+
+def _members(pid: int) -> list[int]:
+    seen = _tree_seen.get(pid)
+    if seen is None or time.monotonic() - seen[0] > TREE_REFRESH_S:
+        seen = _tree_seen[pid] = (time.monotonic(), process_tree(pid))
+    return seen[1]
+
+
+def _rss_bytes(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name == key:
-                return int(rest.split()[0])
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):  # the process ended meanwhile
-        pass
-    return 0
+        return 0
 
 
 def return_freed_memory() -> None:

@@ -744,3 +744,26 @@ def test_dsp_workers_end_when_the_server_process_is_killed(tmp_path):
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(p) for p in pids), "a DSP worker outlived its server"
+
+
+def test_the_memory_budget_rules():
+    # The rules in numbers, with the server's resident size given (the tests above measure real ones).
+    from agent_tools.memory import MemoryBudget, MemoryWaitAbandoned
+
+    resident = {"now": 100}
+    budget = MemoryBudget(1000, resident=lambda: resident["now"])
+    assert budget.available_alone() == 900
+    first = budget.acquire(500)
+    gave_up = threading.Event()
+    gave_up.set()
+    with pytest.raises(MemoryWaitAbandoned, match="waited for memory"):
+        budget.acquire(500, gave_up)  # 100 + 500 + 500 > 1000: it waits, and this caller has gone
+    # Decoded windows never keep an analysis waiting while no other analysis runs (else both could wait forever).
+    with budget.analysing(450):
+        with pytest.raises(MemoryWaitAbandoned):
+            budget.acquire(10, gave_up, analysis=True)  # a second analysis waits for the first
+        resident["now"] = 700  # the analyzer keeps 600 of it resident afterwards
+    budget.release(first)
+    assert budget.reserved_bytes == 0 and budget.most_reserved_bytes == 950
+    # What the analyzer keeps is reused by the next analysis, so it is not the server's own memory.
+    assert budget.available_alone() == 1000 - (700 - 450)
