@@ -438,14 +438,18 @@ def score_sections(clips: list[Clip], root: Path) -> dict:
 # ---- speed and memory ------------------------------------------------------------------------
 
 
+# Peak RSS is read from /proc/self/status (VmHWM: this address space only). getrusage's ru_maxrss
+# carries the parent's high-water mark across fork + exec on Linux: it reported the benchmark
+# process' 3.9 GB, not the analysis' own peak.
 SPEED_SNIPPET = """
-import resource, sys, time
+import sys, time
 from model.audio import load_audio
 from model.dsp.analyzer import MusicAnalyzer
 a = MusicAnalyzer(); a.warm_up()
 clip = load_audio(sys.argv[1], duration_s=1200.0)  # the decoder's limit: 20 minutes
 start = time.process_time(); a.analyze(clip); cpu = time.process_time() - start
-print(cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(cpu, peak_kb / 1024)
 """
 
 
