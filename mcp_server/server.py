@@ -72,6 +72,12 @@ facts (chord changes, bar starts) in the text; pass detail=true for every beat a
 # A long step with no progress of its own (madmom on minutes of audio, loading the model) still gets a
 # notification this often, so clients see the call is alive and do not give up on it.
 HEARTBEAT_S = 3.0
+# Heartbeats go out this long after the last notification, so a busy event loop (under load they were late by
+# up to half a second) still keeps the HEARTBEAT_S promise.
+HEARTBEAT_EARLY_S = 0.8 * HEARTBEAT_S
+# A call answered within this long sends no progress at all: its answer is the news. Four notifications per
+# cache hit were most of what 100 calls at once waited for (the answers queued behind them in the event loop).
+PROGRESS_GRACE_S = 1.0
 
 
 class StaticTokenVerifier:
@@ -89,10 +95,10 @@ class StaticTokenVerifier:
 class ProgressNotifier:
     """Forwards one call's progress to its client from the event loop, and keeps it from going quiet.
 
-    The tool's thread only queues its steps (`report` never waits for the event loop: under load,
-    waiting on the loop four times per call was what made cache hits slow). A task in the event loop
-    sends them in order and, while a step is silent, repeats its message with the time spent on it
-    every HEARTBEAT_S. MCP progress must increase: a step reported below the last value sent goes out
+    The tool's thread only queues its steps (`report` never waits for the event loop). A task in the
+    event loop sends them in order once the call has run PROGRESS_GRACE_S (a quicker call sends none)
+    and, while a step is silent, repeats its message with the time spent on it every HEARTBEAT_S. MCP
+    progress must increase: a step reported below the last value sent goes out
     just above it, and each heartbeat closes a tenth of the distance to the next whole step.
     """
 
@@ -122,8 +128,14 @@ class ProgressNotifier:
         self._wake.set()
 
     async def run(self) -> None:
+        with anyio.move_on_after(PROGRESS_GRACE_S):
+            while not self._closed:
+                await self._wake.wait()
+                self._wake.clear()
+        if self._closed:
+            return  # answered within the grace period
         while True:
-            timeout = max(0.0, self._at + HEARTBEAT_S - time.monotonic())
+            timeout = max(0.0, self._at + HEARTBEAT_EARLY_S - time.monotonic())
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
             self._wake.clear()
@@ -133,7 +145,7 @@ class ProgressNotifier:
                 await self._send(max(done, self._sent + 1e-3), total, message)
             if self._closed:
                 return
-            if time.monotonic() - self._at >= HEARTBEAT_S:
+            if time.monotonic() - self._at >= HEARTBEAT_EARLY_S:
                 sent = max(self._sent, 0.0)
                 creep = sent + (math.floor(sent) + 1 - sent) * 0.1
                 spent = time.monotonic() - self._since
