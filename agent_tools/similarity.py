@@ -272,6 +272,8 @@ def clip_attributes_of(toolbox: Toolbox, clip, *, with_tags: bool) -> ClipAttrib
         signal_features,
     )
     from model.errors import TinyMUError
+    from model.lm.measurements import Measurements
+    from model.lm.prompts import with_measurements
 
     analysis = toolbox.measure("analysis", clip, lambda: toolbox.analyzer.analyze(clip))
     signal = toolbox.cache.get_or_compute("signal_features", clip.sha256, {}, SignalFeatures, lambda: signal_features(clip))
@@ -283,7 +285,10 @@ def clip_attributes_of(toolbox: Toolbox, clip, *, with_tags: bool) -> ClipAttrib
             model = toolbox.model
             trained = bool(model.info().trained)
             samples = clip.resampled(MODEL_RATE).samples
-            tags = model_tags(lambda q, options: model.choose(samples, q, options), trained)
+            # A model trained to read the DSP measurements gets them (here of the whole window).
+            measured = Measurements.from_analysis(analysis) if model.info().reads_measurements else None
+            tags = model_tags(lambda q, options: model.choose(samples, with_measurements(q, measured), options),
+                              trained)
             if not trained:
                 note = "The model's weights are untrained: these tags are not meaningful."
         except TinyMUError as exc:

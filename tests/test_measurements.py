@@ -135,3 +135,19 @@ def test_models_not_trained_on_measurements_get_the_bare_question(labelled_clips
     MusicTools(Settings(roots=(clip.path.parent,), cache_dir=tmp_path / "cache"), model=engine).ask_about_music(
         str(clip.path), "What instrument leads?", duration_s=10.0)
     assert prompts == ["What instrument leads?"]
+
+
+def test_model_tags_of_clip_attributes_come_with_the_measurements(reading_engine, labelled_clips, tmp_path):
+    from agent_tools.config import Settings
+    from agent_tools.tools import MusicTools
+
+    prompts = []
+    choose = reading_engine.choose
+    reading_engine.choose = lambda audio, question, options, **kw: prompts.append(question) or choose(
+        audio, question, options, **kw)
+    clip = labelled_clips["rock_a_minor"]
+    tools = MusicTools(Settings(roots=(clip.path.parent,), cache_dir=tmp_path / "cache"), model=reading_engine)
+    report = tools.clip_attributes(str(clip.path), duration_s=10.0, with_tags=True)
+    sentence = Measurements.from_analysis(tools.analyze_clip(str(clip.path), duration_s=10.0).analysis).sentence()
+    assert report.attributes.tags is not None and prompts and sentence
+    assert all(p.startswith(sentence + " ") for p in prompts)

@@ -20,7 +20,9 @@ from typing import Any
 
 TEMPO_CLASSES = ("slow", "medium", "fast")
 TEMPO_CLASS_BOUNDS_BPM = (90.0, 130.0)
-# Readings below these confidences are left out (they are wrong too often to state).
+# Readings below these confidences are left out (they are wrong too often to state). The analyzer's
+# confidences are calibrated (the accuracy a reading of that score had on the DSP benchmark), so
+# these read as "stated when right at least this share of the time".
 MIN_TEMPO_CONFIDENCE = 0.3
 MIN_METER_CONFIDENCE = 0.3
 MIN_KEY_CONFIDENCE = 0.5
