@@ -147,7 +147,8 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
     from model.lm.engine import load_engine
 
     labels = read_labels(data, "real")
-    chosen = labels[:: max(1, len(labels) // clips)][:clips]
+    # Evenly spread over the set (a stride that divides badly would take most clips from its first sources).
+    chosen = [labels[i * len(labels) // min(clips, len(labels))] for i in range(min(clips, len(labels)))]
     report = check(load_engine(checkpoint), chosen, data, seed=seed, measure=measure)
     report["checkpoint"] = checkpoint
     target = out or data / "factcheck.json"
