@@ -110,9 +110,12 @@ class MemoryBudget:
     belong to calls waiting for their own analysis, so waiting for them could wait forever.
     """
 
-    def __init__(self, total_bytes: int, resident=process_tree_rss):
+    def __init__(self, total_bytes: int, resident=process_tree_rss, host_bytes: int = 0):
         self.total_bytes = int(total_bytes)
         self._resident = resident
+        # What the process held before the toolbox existed (the interpreter and its imports for tinymu-mcp, a
+        # test runner or an agent framework when the toolbox is a library) is not the toolbox's to budget.
+        self.host_bytes = int(host_bytes)
         self._baseline = 0
         self._reserved = 0
         self._analyses = 0
@@ -133,7 +136,13 @@ class MemoryBudget:
             return max(0, self.total_bytes - self._baseline)
 
     def _measure_baseline(self) -> None:
-        self._baseline = max(0, self._resident() - self._kept)
+        self._baseline = max(0, self._resident() - self._kept - self.host_bytes)
+
+    def own_bytes(self) -> int:
+        """What the toolbox holds now besides reservations (resident, less the host's and the analyzer's kept part)."""
+        with self._changed:
+            self._measure_baseline()
+            return self._baseline
 
     def acquire(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the call",
                 leave_free: int = 0, analysis: bool = False) -> int:

@@ -37,7 +37,7 @@ from agent_tools.context import report_progress
 from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
-from agent_tools.memory import MiB, MemoryBudget, return_freed_memory
+from agent_tools.memory import MiB, MemoryBudget, process_tree_rss, return_freed_memory
 from agent_tools.recommend import (
     AttributesReport,
     ClipPlot,
@@ -133,6 +133,9 @@ DECODING_ROOM_BYTES = 64 * MiB
 
 
 WINDOWS_REMEMBERED = 4096
+# The last progress step of a call answered from the cache without decoding: a front end may send such a
+# call's progress not at all (its answer comes at once).
+ANSWERED_FROM_CACHE = "answered from the cache"
 
 
 def file_window(resolved, offset_s: float, duration_s: float | None) -> tuple | None:
@@ -230,9 +233,11 @@ class MusicTools:
         # behind a long analysis.
         self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
         self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
-        # One memory budget for the whole server (this process, its DSP workers, every call): each call reserves
-        # its decoded window before decoding, and its analysis before analysing (agent_tools.memory).
-        self.memory = MemoryBudget(int(self._settings.server_memory_mb * MiB))
+        # One memory budget for the server (everything this toolbox adds to its process, its DSP workers, every
+        # call): each call reserves its decoded window before decoding, and its analysis before analysing
+        # (agent_tools.memory). What the process held before (imports; a test runner or agent framework
+        # embedding the toolbox) is not counted.
+        self.memory = MemoryBudget(int(self._settings.server_memory_mb * MiB), host_bytes=process_tree_rss())
         # Which decoded window an unchanged file's window is (by the opened file's identity), so a cache hit on
         # a file is answered without decoding it again: decoding and hashing a 4-minute song took 150 ms of
         # the server's CPU per cache hit, 4.5 of the 8.5 ms on a 5 s clip.
@@ -340,7 +345,7 @@ class MusicTools:
             cached = self.cache.get(kind, known.sha256, params, capabilities.capability(kind).result)
             if cached is not None:
                 resolved.close()
-                report_progress(3, 3, "done (cached)")
+                report_progress(3, 3, ANSWERED_FROM_CACHE)
                 return cached, known.model_copy(update={"source": resolved.label})
         clip, info = self._decode(resolved, offset_s, duration_s, dsp=True)
         return self.measure(kind, clip), info

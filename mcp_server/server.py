@@ -55,7 +55,14 @@ from mcp.types import (
 from agent_tools.config import Settings
 from agent_tools.context import progress_callback
 from agent_tools.digest import DETAIL, Detail, digest, takes_detail
-from agent_tools.tools import TOOL_SPECS, MusicTools, call_abandoned, call_settings, find_audio_files
+from agent_tools.tools import (
+    ANSWERED_FROM_CACHE,
+    TOOL_SPECS,
+    MusicTools,
+    call_abandoned,
+    call_settings,
+    find_audio_files,
+)
 from model.errors import BackendError, InputError
 
 log = logging.getLogger("tinymu.mcp")
@@ -75,8 +82,9 @@ HEARTBEAT_S = 3.0
 # Heartbeats go out this long after the last notification, so a busy event loop (under load they were late by
 # up to half a second) still keeps the HEARTBEAT_S promise.
 HEARTBEAT_EARLY_S = 0.8 * HEARTBEAT_S
-# A call answered within this long sends no progress at all: its answer is the news. Four notifications per
-# cache hit were most of what 100 calls at once waited for (the answers queued behind them in the event loop).
+# Progress is sent once a call has run this long; a quicker call's steps go out just before its answer, and a
+# cache hit's not at all: four notifications per cache hit were most of what 100 calls at once waited for
+# (the answers queued behind them in the event loop).
 PROGRESS_GRACE_S = 1.0
 
 
@@ -95,11 +103,12 @@ class StaticTokenVerifier:
 class ProgressNotifier:
     """Forwards one call's progress to its client from the event loop, and keeps it from going quiet.
 
-    The tool's thread only queues its steps (`report` never waits for the event loop). A task in the
-    event loop sends them in order once the call has run PROGRESS_GRACE_S (a quicker call sends none)
-    and, while a step is silent, repeats its message with the time spent on it every HEARTBEAT_S. MCP
-    progress must increase: a step reported below the last value sent goes out
-    just above it, and each heartbeat closes a tenth of the distance to the next whole step.
+    The tool's thread only queues its steps (`report` never waits for the event loop). Once the call has
+    run PROGRESS_GRACE_S a task in the event loop starts, sends the steps in order and, while a step is
+    silent, repeats its message with the time spent on it every HEARTBEAT_S. A quicker call costs the loop
+    nothing while it runs: its steps go out just before its answer, or not at all when it was answered
+    from the cache (the toolbox reports ANSWERED_FROM_CACHE). MCP progress must increase: a step reported below the last value sent
+    goes out just above it, and each heartbeat closes a tenth of the distance to the next whole step.
     """
 
     def __init__(self, ctx: Context, name: str):
@@ -109,6 +118,8 @@ class ProgressNotifier:
         self._steps: collections.deque[tuple[float, float, str]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
+        self._task: asyncio.Task | None = None
+        self._from_cache = False
         self._sent, self._total, self._message = -1.0, 1.0, name
         self._since = self._at = time.monotonic()
 
@@ -117,23 +128,38 @@ class ProgressNotifier:
         if self._closed:
             return
         self._steps.append((done, total, message))
+        self._from_cache = message == ANSWERED_FROM_CACHE
+        if self._task is None:
+            return  # the task, once started, sends what is queued
         try:
             self._loop.call_soon_threadsafe(self._wake.set)
         except RuntimeError:  # the loop has closed (server shutting down): nothing left to tell
             pass
 
-    def close(self) -> None:
-        """The call is over: `run` sends what is queued and returns. Called in the event loop."""
-        self._closed = True
-        self._wake.set()
+    def start(self) -> None:
+        """The call has run PROGRESS_GRACE_S: start sending (in the event loop)."""
+        if not self._closed and self._task is None:
+            self._wake.set()  # send what is queued at once
+            self._task = self._loop.create_task(self._run())
 
-    async def run(self) -> None:
-        with anyio.move_on_after(PROGRESS_GRACE_S):
-            while not self._closed:
-                await self._wake.wait()
-                self._wake.clear()
-        if self._closed:
-            return  # answered within the grace period
+    async def finish(self) -> None:
+        """The call is over: send what is still queued (a cache hit within the grace sends nothing), then stop."""
+        self._closed = True
+        if self._task is not None:
+            self._wake.set()
+            await self._task
+        elif not self._from_cache:
+            while self._steps:
+                done, total, message = self._steps.popleft()
+                await self._send(max(done, self._sent + 1e-3), total, message)
+
+    def abandon(self) -> None:
+        """The call was cancelled: stop without waiting."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
         while True:
             timeout = max(0.0, self._at + HEARTBEAT_EARLY_S - time.monotonic())
             with anyio.move_on_after(timeout):
@@ -176,18 +202,20 @@ class ToolRunner:
         if ctx is None:
             return await self._run(name, method, kwargs, None, settings)
         notifier = ProgressNotifier(ctx, name)
-        outcome: list = []
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(notifier.run)
-            try:
-                outcome.append(await self._run(name, method, kwargs, notifier.report, settings))
-            except Exception as exc:  # re-raised below, after the last progress went out
-                outcome.append(exc)
-            finally:
-                notifier.close()
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
+        timer = asyncio.get_running_loop().call_later(PROGRESS_GRACE_S, notifier.start)
+        try:
+            result = await self._run(name, method, kwargs, notifier.report, settings)
+        except Exception:
+            timer.cancel()
+            await notifier.finish()
+            raise
+        except BaseException:  # cancelled: nobody is listening any more
+            timer.cancel()
+            notifier.abandon()
+            raise
+        timer.cancel()
+        await notifier.finish()  # the last steps go out before the answer
+        return result
 
     async def _run(self, name: str, method: Callable, kwargs: dict, progress: Callable | None,
                    settings: Settings | None):
