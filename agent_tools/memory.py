@@ -34,13 +34,14 @@ class MemoryWaitAbandoned(BackendError):
     """The call was abandoned (timed out) while it waited for memory."""
 
 
-def process_tree_rss(pid: int | None = None) -> int:
+def process_tree_rss(pid: int | None = None, max_age_s: float | None = None) -> int:
     """Resident bytes of a process and all its descendants (its DSP workers); Linux /proc, else the
-    process's own peak (getrusage), the best this platform tells."""
+    process's own peak (getrusage), the best this platform tells. The list of descendants may be up to
+    `max_age_s` old (default TREE_REFRESH_S)."""
     pid = os.getpid() if pid is None else pid
     if not Path(f"/proc/{pid}/statm").exists():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return sum(_rss_bytes(member) for member in _members(pid))
+    return sum(_rss_bytes(member) for member in _members(pid, TREE_REFRESH_S if max_age_s is None else max_age_s))
 
 
 def process_tree(pid: int) -> list[int]:
@@ -62,9 +63,9 @@ _tree_seen: dict[int, tuple[float, list[int]]] = {}
 TREE_REFRESH_S = 2.0  # walking a server's ~70 threads for children costs about 2 ms: not on every call
 
 
-def _members(pid: int) -> list[int]:
+def _members(pid: int, max_age_s: float) -> list[int]:
     seen = _tree_seen.get(pid)
-    if seen is None or time.monotonic() - seen[0] > TREE_REFRESH_S:
+    if seen is None or time.monotonic() - seen[0] > max_age_s:
         seen = _tree_seen[pid] = (time.monotonic(), process_tree(pid))
     return seen[1]
 
@@ -103,7 +104,8 @@ class MemoryBudget:
     (madmom's last arrays: 1.1 GB after a 170 s song) is not counted as the server's own: the next analysis
     reuses it (measured: a second 170 s analysis raised the peak 138 MB above the first), and its
     reservation, an estimate above the measured peaks, covers it. That part is estimated as the most the
-    resident size grew over one analysis, at most that analysis' reservation.
+    resident size grew over one analysis, at most what the caller says is reusable (the toolbox: the
+    reservation less madmom's fixed part, so the first analysis' one-time set-up stays the server's own).
 
     Two kinds of reservation: a call's decoded window (held until the call ends) and its analysis (held while
     it runs). An analysis is admitted whenever no other analysis runs, whatever the decoded windows hold: those
@@ -132,11 +134,13 @@ class MemoryBudget:
         """What one call could reserve with nothing else running: the budget less the server's own memory."""
         with self._changed:
             if self._reserved == 0:
-                self._measure_baseline()
+                # A refusal rests on this: the list of worker processes is read afresh (workers start at any time).
+                self._measure_baseline(fresh=True)
             return max(0, self.total_bytes - self._baseline)
 
-    def _measure_baseline(self) -> None:
-        self._baseline = max(0, self._resident() - self._kept - self.host_bytes)
+    def _measure_baseline(self, fresh: bool = False) -> None:
+        resident = self._resident(max_age_s=0.0) if fresh and self._resident is process_tree_rss else self._resident()
+        self._baseline = max(0, resident - self._kept - self.host_bytes)
 
     def own_bytes(self) -> int:
         """What the toolbox holds now besides reservations (resident, less the host's and the analyzer's kept part)."""
@@ -171,21 +175,23 @@ class MemoryBudget:
             self.most_reserved_bytes = max(self.most_reserved_bytes, self._reserved)
         return nbytes
 
-    def release(self, nbytes: int, analysis: bool = False) -> None:
+    def release(self, nbytes: int, analysis: bool = False, reusable: int | None = None) -> None:
+        """Give `nbytes` back; for an analysis, `reusable` is the most of what it leaves resident that the next
+        analysis reuses (default: all of `nbytes`)."""
         with self._changed:
             self._reserved = max(0, self._reserved - max(0, int(nbytes)))
             if analysis and self._analyses == 1:
                 grown = self._resident() - self._before_analysis
-                self._kept = max(self._kept, min(grown, int(nbytes)))
+                self._kept = max(self._kept, min(grown, int(nbytes if reusable is None else reusable)))
             self._analyses = max(0, self._analyses - analysis)
             self._changed.notify_all()
 
     @contextmanager
     def analysing(self, nbytes: int, abandoned: threading.Event | None = None, what: str = "the analysis",
-                  leave_free: int = 0) -> Iterator[None]:
-        """Hold an analysis' reservation while the block runs."""
+                  leave_free: int = 0, reusable: int | None = None) -> Iterator[None]:
+        """Hold an analysis' reservation while the block runs (see `release` for `reusable`)."""
         held = self.acquire(nbytes, abandoned, what, leave_free, analysis=True)
         try:
             yield
         finally:
-            self.release(held, analysis=True)
+            self.release(held, analysis=True, reusable=reusable)

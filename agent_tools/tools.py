@@ -71,7 +71,7 @@ from agent_tools.similarity import (
     SimilarResults,
     TempoConstraint,
 )
-from model.audio import MODEL_RATE, AudioClip, AudioLimits, load_audio
+from model.audio import ANALYSIS_BASE_BYTES, MODEL_RATE, AudioClip, AudioLimits, load_audio
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
@@ -126,6 +126,10 @@ call_settings: ContextVar[Settings | None] = ContextVar("call_settings", default
 class CallAbandonedError(BackendError):
     """The call was abandoned by its caller (timed out) before its heavy work started."""
 
+
+# What a bare server holds when it makes its toolbox (tinymu-mcp: about 160 MB, the interpreter and imports),
+# with room to spare; a process holding more embeds the toolbox, and what it held is not the toolbox's to budget.
+HOST_ALLOWANCE_BYTES = 512 * MiB
 
 # Analyses leave this much of the server's memory budget free, so the decoding of cache hits (about 1 MB per
 # 5 s of 44.1 kHz audio) is never queued behind long analyses that fill the rest.
@@ -233,11 +237,13 @@ class MusicTools:
         # behind a long analysis.
         self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
         self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
-        # One memory budget for the server (everything this toolbox adds to its process, its DSP workers, every
-        # call): each call reserves its decoded window before decoding, and its analysis before analysing
-        # (agent_tools.memory). What the process held before (imports; a test runner or agent framework
-        # embedding the toolbox) is not counted.
-        self.memory = MemoryBudget(int(self._settings.server_memory_mb * MiB), host_bytes=process_tree_rss())
+        # One memory budget for the whole server (this process, its DSP workers, every call): each call reserves
+        # its decoded window before decoding, and its analysis before analysing (agent_tools.memory). A process
+        # that already held more than a bare server when the toolbox was made embeds it (a test runner, an agent
+        # framework): what it held then is its host's, not counted.
+        held = process_tree_rss()
+        host = held if held > HOST_ALLOWANCE_BYTES else 0
+        self.memory = MemoryBudget(int(self._settings.server_memory_mb * MiB), host_bytes=host)
         # Which decoded window an unchanged file's window is (by the opened file's identity), so a cache hit on
         # a file is answered without decoding it again: decoding and hashing a 4-minute song took 150 ms of
         # the server's CPU per cache hit, 4.5 of the 8.5 ms on a 5 s clip.
@@ -399,8 +405,9 @@ class MusicTools:
                     return cached
                 # The analysis' memory (its 44.1 kHz copy and madmom's working memory), leaving room for the
                 # decoding of cache hits, which are answered while analyses fill the budget.
-                with self.memory.analysing(analysis_bytes(clip, self.settings.audio_limits), call_abandoned.get(),
-                                           f"measuring {kind}", leave_free=DECODING_ROOM_BYTES):
+                needed = analysis_bytes(clip, self.settings.audio_limits)
+                with self.memory.analysing(needed, call_abandoned.get(), f"measuring {kind}",
+                                           leave_free=DECODING_ROOM_BYTES, reusable=needed - ANALYSIS_BASE_BYTES):
                     try:
                         return compute()
                     finally:
