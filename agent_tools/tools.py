@@ -19,12 +19,12 @@ import io
 import os
 import threading
 import weakref
-from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -37,7 +37,7 @@ from agent_tools.context import report_progress
 from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
 from agent_tools.inputs import resolve_audio
-from agent_tools.memory import MiB, MemoryBudget, process_tree_rss, return_freed_memory
+from agent_tools.memory import MemoryBudget, MiB, process_tree_rss, return_freed_memory
 from agent_tools.recommend import (
     AttributesReport,
     ClipPlot,
@@ -71,7 +71,13 @@ from agent_tools.similarity import (
     SimilarResults,
     TempoConstraint,
 )
-from model.audio import ANALYSIS_BASE_BYTES, MODEL_RATE, AudioClip, AudioLimits, load_audio
+from model.audio import (
+    ANALYSIS_BASE_BYTES,
+    MODEL_RATE,
+    AudioClip,
+    AudioLimits,
+    load_audio,
+)
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
@@ -169,8 +175,8 @@ def window_decode_bytes(readable, offset_s: float, duration_s: float | None) -> 
     finally:
         if position is not None:
             source.seek(position)
-    start = int(round(offset_s * rate))
-    frames = max(0, total - start if duration_s is None else min(int(round(duration_s * rate)), total - start))
+    start = round(offset_s * rate)
+    frames = max(0, total - start if duration_s is None else min(round(duration_s * rate), total - start))
     return frames * 4 * (1 + (channels if whole else 0))
 
 

@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from mcp import Client
-
-from agent_tools.config import Settings
 from rich.console import Console
 
+from agent_tools.config import Settings
 from agent_tools.memory import process_tree
 from training.bench._mcp_http import start_mcp_http
 from training.bench.load import Call, render_clips, summarize
