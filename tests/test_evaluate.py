@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.dsp.analyzer import ANALYSIS_VERSION
 from training.dataset import build_dataset, load_clip
 from training.evaluate import (
     app,
@@ -119,15 +120,18 @@ def test_command_line_writes_results_and_the_wording_check(data_dir, tmp_path):
 def test_each_condition_states_the_measurements_of_the_audio_it_feeds(engine, data_dir):
     record = next(r for r in load_records(data_dir / "test.jsonl") if r.task == "multiple_choice")
     conditions = ["audio", "silence", "noise", "measurements_only"]
-    results = evaluate(engine, [record], data_dir, conditions=conditions, max_new_tokens=4)
+    assert not engine.info().reads_measurements  # so the sentence is asked for explicitly
+    results = evaluate(engine, [record], data_dir, conditions=conditions, max_new_tokens=4, measure=True)
     assert results["measured"] is True and list(results["conditions"]) == conditions
     clip = lambda name: load_clip(data_dir / name)  # noqa: E731
-    heard = json.loads((data_dir / "measurements" / "audio.json").read_text())[record.file_name]
+    heard = json.loads((data_dir / "measurements" / ANALYSIS_VERSION / "audio.json").read_text())[record.file_name]
     truth = next(c for c in read_labels(data_dir, "test") if c.file_name == record.file_name)
     assert heard["key"] and heard["tempo_bpm"] and truth.tempo_bpm  # a rendered song has a beat and a key
-    assert (data_dir / "measurements" / "noise-0.json").is_file()
+    assert (data_dir / "measurements" / ANALYSIS_VERSION / "noise-0.json").is_file()
     assert condition_measurements("silence", clip, data_dir, 0)(record.file_name) is None
     assert condition_measurements("text_only", clip, data_dir, 0)(record.file_name) is None
+    untouched = evaluate(engine, [record], data_dir, conditions=["audio"], max_new_tokens=4)
+    assert untouched["measured"] is False  # a model not trained on the sentence is asked without it
     # Silence in place of the audio, but the clip's own readings (from the same cache as "audio").
     only = condition_measurements("measurements_only", clip, data_dir, 0)(record.file_name)
     assert only.to_json() == heard

@@ -11,10 +11,11 @@ For every record of the split (default `test.jsonl`) and every condition:
   in the prompt (what the measurement sentence alone is worth);
 - `smollm2`: the untouched SmolLM2 decoder the model started from, text only.
 
-With `--measure` (the default), every prompt starts with the DSP measurements of the
-audio that condition feeds the model (`model.lm.measurements`), as the agent tools do:
+For a model trained to read them (`reads_measurements`; or with `--measure`), every
+prompt starts with the DSP measurements of the audio that condition feeds the model
+(`model.lm.measurements`), as the agent tools do:
 the clip's own for `audio`, the noise's for `noise`, none for `silence` (nothing to
-measure) and the text-only conditions. Measurements are cached in DATA/measurements/.
+measure) and the text-only conditions. Measurements are cached in DATA/measurements/VERSION/.
 
 Scores: yes/no and open answers are right when they state the true value
 (`training.qa.binary_answer`, `open_answer_is_right`); multiple choice is scored
@@ -163,11 +164,15 @@ def condition_audio(condition: str, clip: Callable[[str], np.ndarray], seed: int
 
 
 class Measurer:
-    """DSP measurements of what a condition feeds the model, cached in a JSON file per condition."""
+    """DSP measurements of what a condition feeds the model, cached in a JSON file per condition and
+    analyzer version (a new version of the decision code measures again)."""
 
     def __init__(self, cache_dir: Path, condition: str, audio: Callable[[str], np.ndarray], seed: int):
+        from model.dsp.analyzer import ANALYSIS_VERSION
+
         self.audio = audio
-        self.file = cache_dir / f"{condition}-{seed}.json" if condition == "noise" else cache_dir / f"{condition}.json"
+        name = f"{condition}-{seed}.json" if condition == "noise" else f"{condition}.json"
+        self.file = cache_dir / ANALYSIS_VERSION / name
         self.known: dict[str, dict] = json.loads(self.file.read_text()) if self.file.is_file() else {}
         self._analyzer = None
 
@@ -286,9 +291,11 @@ def summarize(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate(engine, records: Sequence[QARecord], root: str | Path, *, conditions: Sequence[str] = CONDITIONS,
              seed: int = 0, batch_size: int = 8, audio_seconds: float | None = None, max_new_tokens: int = 48,
-             caption_tokens: int = 96, measure: bool = True) -> dict[str, Any]:
-    """Run every condition over `records` (audio under `root`) and summarise each; with `measure`, prompts
-    start with the DSP measurements of the audio each condition feeds the model."""
+             caption_tokens: int = 96, measure: bool | None = None) -> dict[str, Any]:
+    """Run every condition over `records` (audio under `root`) and summarise each; with `measure` (default:
+    when the model reads them), prompts start with the DSP measurements of the audio each condition feeds it."""
+    if measure is None:
+        measure = engine.info().reads_measurements
     seconds = audio_seconds or engine.model.cfg.audio_seconds
     clip = lru_cache(maxsize=512)(lambda name: load_clip(Path(root) / name, seconds))
     results: dict[str, Any] = {"conditions": {}, "model": engine.info().model_dump(), "records": len(records)}
@@ -406,7 +413,8 @@ def main(
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(48, help="answer length cap for yes/no and open questions"),
     seed: int = typer.Option(0),
-    measure: bool = typer.Option(True, help="start prompts with the DSP measurements of the audio, as the tools do"),
+    measure: bool = typer.Option(None, "--measure/--no-measure", show_default="when the model reads them",
+                                 help="start prompts with the DSP measurements of the audio, as the tools do"),
 ) -> None:
     """Score a checkpoint on a held-out split under every condition and write tables and a plot."""
     from model.lm.engine import load_engine

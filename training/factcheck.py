@@ -105,7 +105,7 @@ def is_yes_no(text: str) -> bool:
     return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
 
 
-def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure: bool = True) -> dict:
+def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure: bool | None = None) -> dict:
     """Ask each clip for a caption and the what-questions, as the tools do: with the clip's DSP
     measurements before the question when the model reads them (and `measure`)."""
     from model.lm.prompts import CAPTION_PROMPT, with_measurements
@@ -114,8 +114,10 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure
 
     counts, replies, yes_no, examples = FactCount(), 0, 0, []
     rng = random.Random(seed)
+    if measure is None:
+        measure = engine.info().reads_measurements
     measured = (Measurer(root / "measurements", "audio", lambda name: load_clip(root / name), seed)
-                if measure and engine.info().reads_measurements else lambda name: None)
+                if measure else lambda name: None)
     for clip in clips:
         audio = load_clip(root / clip.file_name)
         readings = measured(clip.file_name)
@@ -142,7 +144,8 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
          clips: int = typer.Option(100, help="how many clips (spread over the set)"),
          out: Path = typer.Option(None, help="where to write the JSON report (default: DATA/factcheck.json)"),
          seed: int = typer.Option(0),
-         measure: bool = typer.Option(True, help="give the model the clip's DSP measurements, as the tools do")) -> None:
+         measure: bool = typer.Option(None, "--measure/--no-measure", show_default="when the model reads them",
+                                      help="give the model the clip's DSP measurements, as the tools do")) -> None:
     """Caption and what-questions for held-out clips; share of stated facts that are true, yes/no replies."""
     from model.lm.engine import load_engine
 
