@@ -2,7 +2,8 @@
 
 A 135 M decoder cannot count beats or name keys reliably from 60 audio tokens, but
 it can read. So, as OpenMU's tool use and LLark's metadata do, the caller measures
-tempo, meter and key with the DSP tools and puts them in front of the question:
+tempo, meter and key with the DSP tools and puts them in front of the question
+(`model.lm.prompts.with_measurements`):
 
     Measured: tempo 135 BPM (fast), meter 4/4, key C minor. What genre is this?
 
