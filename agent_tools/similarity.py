@@ -283,10 +283,11 @@ def clip_attributes_of(toolbox: Toolbox, clip, *, with_tags: bool) -> ClipAttrib
             from model.audio import MODEL_RATE
 
             model = toolbox.model
-            trained = bool(model.info().trained)
+            info = model.info()  # once: over HTTP each call is a request to the model service
+            trained = bool(info.trained)
             samples = clip.resampled(MODEL_RATE).samples
             # A model trained to read the DSP measurements gets them (here of the whole window).
-            measured = Measurements.from_analysis(analysis) if model.info().reads_measurements else None
+            measured = Measurements.from_analysis(analysis) if info.reads_measurements else None
             tags = model_tags(lambda q, options: model.choose(samples, with_measurements(q, measured), options),
                               trained)
             if not trained:

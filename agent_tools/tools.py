@@ -487,8 +487,7 @@ class MusicTools:
 
     # --- model tools -------------------------------------------------------------------
 
-    def _backend(self) -> ModelBackend:
-        info = self.model.info()
+    def _backend(self, info) -> ModelBackend:
         return ModelBackend(
             name=info.name,
             checkpoint=getattr(info, "checkpoint", None),
@@ -503,14 +502,15 @@ class MusicTools:
         if self._model is None:  # loading takes up to a minute: say so, so clients do not give up
             report_progress(0, 3, "loading the music-language model (first call only)")
         model = self.model  # fail fast, before decoding, when there is no model
-        backend = self._backend()
+        model_info = model.info()  # once: over HTTP each call is a request to the model service
+        backend = self._backend(model_info)
         clip, info = self.load(audio, offset_s, duration_s, dsp=False)
-        model_info = model.info()
-        # The model hears the first max_audio_s seconds: measure exactly those.
-        heard = clip.samples[: int(model_info.max_audio_s * clip.sample_rate)]
         measured = None
         if getattr(model_info, "reads_measurements", False):
-            measured = Measurements.from_analysis(self.measure("analysis", AudioClip.from_samples(heard, clip.sample_rate)))
+            # The model hears the first max_audio_s seconds: measure exactly those.
+            heard = AudioClip.from_samples(clip.samples[: int(model_info.max_audio_s * clip.sample_rate)],
+                                           clip.sample_rate)
+            measured = Measurements.from_analysis(self.measure("analysis", heard))
         report_progress(2, 3, "listening (music-language model)")
         return clip.resampled(MODEL_RATE).samples, info, model, backend, measured
 

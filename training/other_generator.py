@@ -20,6 +20,7 @@ import random
 import re
 import subprocess
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
@@ -63,18 +64,29 @@ MINOR_STEPS = ((0, "m"), (5, "m"), (7, ""), (0, "m"))  # i iv V i
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
-def groove_meter(groove: str, library: Path = MMA_LIBRARY) -> int:
-    """Beats per bar of an mma groove: the `Time` in force where its library file defines it."""
+@lru_cache(maxsize=4)
+def groove_meters(library: Path = MMA_LIBRARY) -> dict[str, tuple[int | None, str]]:
+    """(beats per bar, library file) of every mma groove in the library, by lower-cased name: the
+    `Time` in force where its file defines it (None: defined before any Time). Read once."""
+    meters: dict[str, tuple[int | None, str]] = {}
     for path in sorted(library.glob("*.mma")):
         time = None
         for line in path.read_text(errors="replace").splitlines():
             if match := re.match(r"\s*Time\s+(\d+)", line, re.IGNORECASE):
                 time = int(match.group(1))
-            if re.match(rf"\s*DefGroove\s+{re.escape(groove)}\b", line, re.IGNORECASE):
-                if time is None:
-                    raise ValueError(f"{path.name} defines {groove} before any Time statement")
-                return time
-    raise ValueError(f"no mma groove named {groove} in {library}")
+            if match := re.match(r"\s*DefGroove\s+(\S+)", line, re.IGNORECASE):
+                meters.setdefault(match.group(1).lower(), (time, path.name))
+    return meters
+
+
+def groove_meter(groove: str, library: Path = MMA_LIBRARY) -> int:
+    """Beats per bar of one mma groove."""
+    if groove.lower() not in groove_meters(library):
+        raise ValueError(f"no mma groove named {groove} in {library}")
+    time, file = groove_meters(library)[groove.lower()]
+    if time is None:
+        raise ValueError(f"{file} defines {groove} before any Time statement")
+    return time
 
 
 def mma_source(groove: str, bpm: float, tonic: int, mode: str, bars: int) -> str:

@@ -255,7 +255,8 @@ class MusicLM:
             name=self.name, checkpoint=self.checkpoint, trained=self.trained, device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch.") + ("+int8" if self.quantize else ""), parameters=self.parameters,
             audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
-            trained_audio_s=self.model.cfg.audio_seconds, reads_measurements=self.model.cfg.reads_measurements, note=self.caveat if self.trained else UNTRAINED_NOTE,
+            trained_audio_s=self.model.cfg.audio_seconds, reads_measurements=self.model.cfg.reads_measurements,
+            note=self.caveat if self.trained else UNTRAINED_NOTE,
         )
 
 
