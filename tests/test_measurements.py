@@ -12,14 +12,10 @@ from model.audio import AudioClip, load_audio
 from model.lm.measurements import MIN_KEY_CONFIDENCE, MIN_TEMPO_CONFIDENCE, Measurements
 from model.lm.muchomusic import build_prompt
 from model.lm.prompts import with_measurements
-from training.labels import ClipLabels, relative_key
+from training import qa_templates as T
+from training.labels import ClipLabels
 from training.qa import generate_qa, measured_prompt
-from training.train import (
-    RELATIVE_KEY_SLIP,
-    TEMPO_OCTAVE_SLIP,
-    add_measurements,
-    noisy_measurements,
-)
+from training.train import MEASUREMENT_DROP, add_measurements, dropped_measurements
 
 
 def test_the_sentence_states_what_the_analysis_measured_confidently(labelled_clips, analyzer):
@@ -64,24 +60,31 @@ def test_training_and_the_engine_build_the_same_prompt():
             assert prompt == f"{measured.sentence()} {record.input_text}"
 
 
-def test_training_measurements_slip_the_way_a_dsp_does():
+def test_training_sentences_leave_readings_out_but_never_state_them_wrong():
     clip = ClipLabels(file_name="a.wav", tempo_bpm=120.0, meter="4/4", key_tonic="A", mode="minor")
     rng = random.Random(0)
-    draws = [noisy_measurements(clip, rng) for _ in range(4000)]
-    tempos = [m.tempo_bpm for m in draws if m.tempo_bpm]
-    assert set(tempos) == {60.0, 120.0, 240.0}
-    assert np.mean([t != 120.0 for t in tempos]) == pytest.approx(TEMPO_OCTAVE_SLIP, abs=0.02)
-    keys = [m.key for m in draws if m.key]
-    assert set(keys) == {"A minor", relative_key("A minor")} and relative_key("A minor") == "C major"
-    assert np.mean([k != "A minor" for k in keys]) == pytest.approx(RELATIVE_KEY_SLIP, abs=0.02)
-    assert 0.1 < np.mean([m.meter is None for m in draws]) < 0.2
+    draws = [dropped_measurements(clip, rng) for _ in range(4000)]
+    assert {m.tempo_bpm for m in draws} == {120.0, None} and {m.key for m in draws} == {"A minor", None}
+    for reading in ("tempo_bpm", "meter", "key"):
+        left_out = np.mean([m.to_json()[reading] is None for m in draws])
+        assert left_out == pytest.approx(MEASUREMENT_DROP, abs=0.02)
 
-    records = [{"file_name": "a.wav", "task": "open_qa", "input_text": "What key is it in?", "meta": {}}] * 400
+    records = [{"file_name": "a.wav", "task": "open_qa", "input_text": "What key is it in?",
+                "target_text": "It is in A minor.", "meta": {"attribute": "key", "value": "A minor"}}] * 400
     half = add_measurements(records, {"a.wav": clip}, share=0.5, seed=1)
-    measured = [r["input_text"].startswith("Measured: ") for r in half]
-    assert 0.4 < np.mean(measured) < 0.55  # a few draws drop every reading, so a little under half
+    stated = ["key A minor" in r["input_text"] for r in half]
+    assert 0.35 < np.mean(stated) < 0.5  # half get a sentence; 15 % of those leave the key out
     assert all(r["input_text"].endswith("What key is it in?") for r in half)
+    for record, key_stated in zip(half, stated):
+        # Sure when the key was stated, unsure otherwise; the fact itself is never changed.
+        assert record["target_text"].startswith("It is in A minor.")
+        assert (record["target_text"] == "It is in A minor.") == key_stated
+        assert key_stated or record["target_text"].removeprefix("It is in A minor. ") in T.UNSURE
     assert add_measurements(records, {}, share=1.0, seed=1) == records  # no labels, nothing to state
+
+    # Questions about what the DSP does not measure never hedge.
+    genre = [{**records[0], "input_text": "What genre?", "target_text": "Rock.", "meta": {"attribute": "style"}}]
+    assert {r["target_text"] for r in add_measurements(genre * 50, {"a.wav": clip}, share=0.5, seed=1)} == {"Rock."}
 
 
 @pytest.fixture()

@@ -58,14 +58,6 @@ def tonic_name(pc: int) -> str:
     return PITCH_CLASSES[pc % 12]
 
 
-def relative_key(key: str) -> str:
-    """The relative major of a minor key and vice versa: 'A minor' -> 'C major'."""
-    tonic, mode = key.split()
-    if mode == "minor":
-        return f"{tonic_name(pitch_class(tonic) + 3)} major"
-    return f"{tonic_name(pitch_class(tonic) - 3)} minor"
-
-
 def tempo_class_is_clear(bpm: float) -> bool:
     """False within TEMPO_CLASS_MARGIN_BPM of a class bound, where the class is a matter of taste."""
     return all(abs(bpm - bound) > TEMPO_CLASS_MARGIN_BPM for bound in TEMPO_CLASS_BOUNDS_BPM)

@@ -208,6 +208,11 @@ FAMILY_GROUPS = (
     {"synth lead", "synth pad", "synth effects", "organ"},
 )
 
+# Said after an answer about tempo, key or meter when no measurement of it was given: the model's
+# ear alone is wrong on those often enough that it should say so (and the caller can ask the DSP).
+UNSURE = ("I could not measure this, so I may be wrong.", "That is my guess; it was not measured.",
+          "I am not sure of this without a measurement.", "This is only what it sounds like to me.")
+
 # LLark's filters: generated or imported text containing these is dropped.
 BANNED_PHRASES = ("metadata", "based on the provided", "cannot determine", "it is difficult to determine",
                   "not possible to determine", "as an ai", "i'm sorry", "i am sorry")
