@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from model.dsp.analyzer import ANALYSIS_VERSION
+from training import qa_templates as T
 from training.dataset import build_dataset, load_clip
 from training.evaluate import (
     app,
@@ -16,11 +17,13 @@ from training.evaluate import (
     condition_engine,
     condition_measurements,
     evaluate,
+    markdown_table,
     rouge_l,
+    summarize,
     write_report,
 )
 from training.labels import read_labels
-from training.qa import QAGenerator, ValuePools, load_records
+from training.qa import QAGenerator, ValuePools, load_records, says_unsure
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,17 @@ def test_evaluate_scores_every_task_under_every_condition(engine, data_dir, tmp_
 
     image = matplotlib.image.imread(paths["plot"])
     assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_the_summary_says_how_often_open_answers_admit_doubt():
+    texts = {"key": ["It is in A minor.", f"It is in A minor. {T.UNSURE[0]}"], "style": ["Rock.", "Rock."]}
+    outcomes = [{"task": "open_qa", "attribute": a, "right": True, "unsure": says_unsure(t)}
+                for a, answers in texts.items() for t in answers]
+    summary = summarize(outcomes)
+    assert summary["unsure"] == {"key": 0.5, "style": 0.0}
+    assert not says_unsure("It is in A minor, I think.")  # only the learnt words of doubt count
+    assert "open answers saying unsure: key | - | 50.0" in markdown_table(
+        {"conditions": {"audio": summary}, "records": 4})
 
 
 def test_command_line_writes_results_and_the_wording_check(data_dir, tmp_path):

@@ -58,6 +58,7 @@ from training.qa import (
     load_records,
     measured_prompt,
     open_answer_is_right,
+    says_unsure,
 )
 
 CONDITIONS = ("audio", "silence", "noise", "measurements_only", "text_only", "smollm2")
@@ -226,6 +227,7 @@ def run_condition(engine, records: Sequence[QARecord], audio: Callable[[str], np
                 outcome["right"] = binary_answer(text) == meta.get("answer", binary_answer(record.target_text))
             elif record.task == "open_qa" and "value" in meta:
                 outcome["right"] = open_answer_is_right(meta, text)
+                outcome["unsure"] = says_unsure(text)
             elif record.task == "captioning":
                 outcome.update(reference=record.target_text, rouge_l=rouge_l(text, record.target_text))
             outcomes.append(outcome)
@@ -276,6 +278,12 @@ def summarize(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if any(t in types for t in ("binary", "open_qa", "multiple_choice/loglik", "multiple_choice/loglik/part"))
         },
     }
+    doubts: dict[str, list[bool]] = defaultdict(list)
+    for o in outcomes:
+        if "unsure" in o:
+            doubts[o["attribute"]].append(o["unsure"])
+    if doubts:  # how often open answers say they are unsure, per attribute (the rest state it plainly)
+        summary["unsure"] = {a: float(np.mean(v)) for a, v in sorted(doubts.items())}
     generated = [o for o in outcomes if o["task"] == "multiple_choice/muchomusic"]
     if generated:
         summary["muchomusic_instruction_following"] = float(np.mean([o["answered"] for o in generated]))
@@ -338,6 +346,9 @@ def markdown_table(results: dict[str, Any]) -> str:
     for attribute in first["attribute_accuracy"]:
         cells = [_pct(results["conditions"][c]["attribute_accuracy"].get(attribute)) for c in conditions]
         rows.append(f"| attribute: {attribute} | - | " + " | ".join(cells) + " |")
+    for attribute in first.get("unsure", {}):
+        cells = [_pct(results["conditions"][c].get("unsure", {}).get(attribute)) for c in conditions]
+        rows.append(f"| open answers saying unsure: {attribute} | - | " + " | ".join(cells) + " |")
     text = head + "\n".join(rows) + "\n"
     wording = results.get("wording_baselines")
     if wording:

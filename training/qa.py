@@ -764,6 +764,11 @@ def _words_inside(values: Iterable[str]) -> set[str]:
     return {f for f in GM_FAMILIES for v in values if f != v and f in v}
 
 
+def says_unsure(text: str) -> bool:
+    """Whether an answer ends with one of the words of doubt the model learnt (`T.UNSURE`)."""
+    return any(phrase in text for phrase in T.UNSURE)
+
+
 def binary_answer(text: str) -> str | None:
     """'yes', 'no' or None (neither) from the start of a free-text answer."""
     match = re.match(r"\W*(yes|no)\b", text.strip().lower())
@@ -771,4 +776,4 @@ def binary_answer(text: str) -> str | None:
 
 
 __all__ = ["QARecord", "QAGenerator", "ValuePools", "generate_qa", "load_records", "write_jsonl", "passes_filters",
-           "open_answer_is_right", "binary_answer", "multiple_choice_prompt", "normalise_task", "TASKS", "LETTERS"]
+           "open_answer_is_right", "binary_answer", "says_unsure", "multiple_choice_prompt", "normalise_task", "TASKS", "LETTERS"]
