@@ -74,13 +74,16 @@ class ResultCache:
         blob = json.dumps([self.version, kind, sha256, params or {}], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def get(self, kind: str, sha256: str, params: dict | None, model_cls: type[Model]) -> Model | None:
-        """The cached result, or None."""
+    def get(self, kind: str, sha256: str, params: dict | None, model_cls: type[Model],
+            memory_only: bool = False) -> Model | None:
+        """The cached result, or None; `memory_only` never reads the disk (a lookup that must not block)."""
         key = self.key(kind, sha256, params)
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
                 return self._memory[key][2].model_copy(deep=True)
+        if memory_only:
+            return None
         path = self._path(kind, sha256, key)
         if path is None or not path.is_file():
             return None

@@ -133,6 +133,16 @@ class CallAbandonedError(BackendError):
     """The call was abandoned by its caller (timed out) before its heavy work started."""
 
 
+# Set while a front end asks a tool for an answer from memory only (`MusicTools.answer_from_cache`): the tool may
+# open the file under the roots and look its window up in the in-memory cache, nothing more.
+cache_only: ContextVar[bool] = ContextVar("cache_only", default=False)
+
+
+class NotCachedError(Exception):
+    """Raised in cache-only mode where answering would take more than a lookup in memory (decoding, analysing,
+    reading the disk cache, a download): the front end then runs the call as usual."""
+
+
 # What a bare server holds when it makes its toolbox (tinymu-mcp: about 160 MB, the interpreter and imports),
 # with room to spare; a process holding more embeds the toolbox, and what it held is not the toolbox's to budget.
 HOST_ALLOWANCE_BYTES = 512 * MiB
@@ -193,6 +203,8 @@ class ToolSpec:
     reads_audio: the tool takes an `audio` argument, so it may fetch URLs when the server allows them
     (the MCP open-world hint is `reads_audio and settings.allow_urls`).
     uses_model: needs the music-language model (fails with ModelUnavailableError without one).
+    answers_from_cache: a window of an unchanged file analysed before is answered from memory with no heavy work
+    (`MusicTools.answer_from_cache`), so a front end may ask for that answer before queueing the call.
     """
 
     name: str
@@ -201,6 +213,7 @@ class ToolSpec:
     idempotent: bool = True
     reads_audio: bool = True
     uses_model: bool = False
+    answers_from_cache: bool = False
 
     def bind(self, tools: MusicTools) -> Callable:
         return getattr(tools, self.name)
@@ -210,12 +223,12 @@ class ToolSpec:
 
 
 TOOL_SPECS: list[ToolSpec] = [
-    ToolSpec("analyze_clip", "Analyse a music clip (tempo, beats, meter, key, chords)"),
-    ToolSpec("estimate_tempo", "Estimate tempo (BPM)"),
-    ToolSpec("track_beats", "Track beats, downbeats and meter"),
-    ToolSpec("detect_key", "Detect the musical key"),
-    ToolSpec("recognize_chords", "Recognise chords"),
-    ToolSpec("detect_sections", "Find song sections and repeats"),
+    ToolSpec("analyze_clip", "Analyse a music clip (tempo, beats, meter, key, chords)", answers_from_cache=True),
+    ToolSpec("estimate_tempo", "Estimate tempo (BPM)", answers_from_cache=True),
+    ToolSpec("track_beats", "Track beats, downbeats and meter", answers_from_cache=True),
+    ToolSpec("detect_key", "Detect the musical key", answers_from_cache=True),
+    ToolSpec("recognize_chords", "Recognise chords", answers_from_cache=True),
+    ToolSpec("detect_sections", "Find song sections and repeats", answers_from_cache=True),
     ToolSpec("ask_about_music", "Ask the music-language model about a clip", uses_model=True),
     ToolSpec("describe_music", "Describe a clip in words", uses_model=True),
     ToolSpec("choose_answer", "Answer a multiple-choice question about a clip", uses_model=True),
@@ -304,6 +317,9 @@ class MusicTools:
 
     def _decode(self, resolved, offset_s: float, duration_s: float | None, dsp: bool) -> tuple[AudioClip, AudioInfo]:
         """`load` once the audio is resolved: decode its window within the memory budget (closes `resolved`)."""
+        if cache_only.get():  # never heavy work where only a lookup was asked for (e.g. on an event loop)
+            resolved.close()
+            raise NotCachedError("decoding is not a cache lookup")
         report_progress(1, 3, "decoding audio")
         window = file_window(resolved, offset_s, duration_s)
         try:
@@ -347,20 +363,50 @@ class MusicTools:
         """DSP result `kind` of the window and what was analysed. A window of an unchanged file whose result is
         cached is answered from the cache without decoding the file again (the file is still opened through
         the roots' checks: its identity is read from the opened descriptor)."""
+        only_cached = cache_only.get()
+        if only_cached and not names_a_local_file(audio):
+            raise NotCachedError("a data URI or a URL is decoded or downloaded before its cache key is known")
         report_progress(0, 3, "fetching audio")
         resolved = resolve_audio(audio, self.settings)
-        window = file_window(resolved, offset_s, duration_s)
-        with self._windows_lock:
-            known = self._windows.get(window) if window is not None else None
-        if known is not None:
-            params = {"offset_s": known.offset_s} if known.offset_s else {}
-            cached = self.cache.get(kind, known.sha256, params, capabilities.capability(kind).result)
-            if cached is not None:
-                resolved.close()
-                report_progress(3, 3, ANSWERED_FROM_CACHE)
-                return cached, known.model_copy(update={"source": resolved.label})
+        try:
+            window = file_window(resolved, offset_s, duration_s)
+            with self._windows_lock:
+                known = self._windows.get(window) if window is not None else None
+            if known is not None:
+                params = {"offset_s": known.offset_s} if known.offset_s else {}
+                cached = self.cache.get(kind, known.sha256, params, capabilities.capability(kind).result,
+                                        memory_only=only_cached)
+                if cached is not None:
+                    resolved.close()
+                    report_progress(3, 3, ANSWERED_FROM_CACHE)
+                    return cached, known.model_copy(update={"source": resolved.label})
+            if only_cached:
+                raise NotCachedError("this window is not in the in-memory cache")
+        except BaseException:
+            resolved.close()
+            raise
         clip, info = self._decode(resolved, offset_s, duration_s, dsp=True)
         return self.measure(kind, clip), info
+
+    def answer_from_cache(self, name: str, kwargs: dict, settings: Settings | None = None):
+        """Tool `name`'s answer if memory has it: a window of an unchanged local file analysed before, its result
+        in the in-memory cache. None when the call needs more (decoding, analysing, the disk cache, a download)
+        or is refused: the front end then runs it as usual, which gives the answer or the refusal.
+
+        It costs a few system calls (the file is opened under the roots' checks and fstat'ed, no audio is read)
+        and a copy of the result, so a front end may call it on its event loop before the call takes a worker
+        thread, a compute slot or memory: a cache hit never queues behind analyses, nor behind other requests'
+        hops between the event loop and worker threads. `settings`: the session's (see `call_settings`)."""
+        if not TOOLS_ANSWERING_FROM_CACHE.get(name):
+            return None
+        token, session = cache_only.set(True), call_settings.set(settings)
+        try:
+            return getattr(self, name)(**kwargs)
+        except Exception:  # noqa: BLE001 - NotCachedError; refusals and anything unforeseen are the ordinary call's to report
+            return None
+        finally:
+            call_settings.reset(session)
+            cache_only.reset(token)
 
     @contextmanager
     def computing(self):
@@ -397,6 +443,8 @@ class MusicTools:
         `compute` overrides how it is computed (default: the madmom analyzer, in worker
         processes if configured).
         """
+        if cache_only.get():
+            raise NotCachedError("measuring is not a cache lookup")
         result_cls = capabilities.capability(kind).result
         compute = compute or self._dsp(kind, clip)
         report_progress(2, 3, f"measuring {kind}")
@@ -738,6 +786,14 @@ class MusicTools:
             more = f" The list stops at limit={limit}: narrow it with folder or pattern." if len(matches) > limit else ""
             summary = f"{len(matches)} audio file(s) under {where}: {shown}.{more}{unfinished}"
         return AudioFileList(summary=summary, roots=[str(r) for r in searched], files=files, total=len(matches))
+
+
+TOOLS_ANSWERING_FROM_CACHE = {spec.name: spec.answers_from_cache for spec in TOOL_SPECS}
+
+
+def names_a_local_file(audio: object) -> bool:
+    """Whether the `audio` argument is a file path (not a data URI or a URL; see `resolve_audio`)."""
+    return isinstance(audio, str) and not audio.strip().lower().startswith("data:") and "://" not in audio
 
 
 # list_audio_files and the completions stop walking after this many files (a root may be a home folder).

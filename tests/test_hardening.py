@@ -508,6 +508,81 @@ async def test_cached_answers_never_wait_behind_an_analysis(music):
     assert waited < 2.0
 
 
+async def test_a_cached_answer_needs_no_worker_thread_no_slot_and_no_memory(music, tmp_path):
+    # Under load every call, a cache hit too, went to a worker thread: with every thread of the runner taken by
+    # calls waiting for a slot or for memory, a cache hit waited for one of them to finish. Now a cached answer
+    # is given on the event loop before the call takes a thread. (Before: this test's cached call got no answer
+    # until the waiting calls were let go.)
+    new_song = song_pair(tmp_path / "songs")[0]
+    settings = settings_for(music, roots=(tmp_path, music["root"]), cache_dir=tmp_path / "cache",
+                            max_concurrency=2, call_timeout_s=120.0)
+    tools = MusicTools(settings)
+    server = build_server(settings, tools=tools)
+    threads = server.runner._threads
+    async with Client(server) as client:
+        first = await client.call_tool("detect_key", {"audio": str(music["song"])})
+        assert not first.is_error
+        # Running analyses hold every compute slot and all of the memory budget.
+        for _ in range(settings.max_concurrency):
+            tools._compute_slots.acquire()
+        held = tools.memory.acquire(tools.memory.available_alone(), analysis=True)
+        finished = []
+
+        async def waits(i: int) -> None:
+            result = await client.call_tool("detect_key", {"audio": str(new_song)})
+            finished.append(result)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for i in range(int(threads.total_tokens)):
+                    group.start_soon(waits, i)
+                while threads.borrowed_tokens < threads.total_tokens:  # every worker thread waits for memory
+                    await anyio.sleep(0.01)
+                again = await client.call_tool("detect_key", {"audio": str(music["song"])})
+                # Answered while every thread, slot and byte was still taken, and none of the waiting calls had ended.
+                assert not again.is_error and again.structured_content == first.structured_content
+                assert finished == [] and threads.borrowed_tokens == threads.total_tokens
+                tools.memory.release(held, analysis=True)
+                held = 0
+                for _ in range(settings.max_concurrency):
+                    tools._compute_slots.release()
+        finally:
+            if held:
+                tools.memory.release(held, analysis=True)
+                for _ in range(settings.max_concurrency):
+                    tools._compute_slots.release()
+    # Let go, the waiting calls were all answered (one analysis; the others found it in the cache).
+    assert len(finished) == threads.total_tokens and not any(r.is_error for r in finished)
+    assert len({json.dumps(r.structured_content["key"], sort_keys=True) for r in finished}) == 1
+
+
+def test_answer_from_cache_answers_from_memory_and_otherwise_does_nothing(music, tmp_path):
+    from agent_tools.context import progress_callback
+
+    song = tmp_path / "song.wav"
+    song.write_bytes(music["song"].read_bytes())
+    tools = MusicTools(settings_for(music, roots=(tmp_path,), cache_dir=tmp_path / "cache"))
+    heard: list[str] = []
+    token = progress_callback.set(lambda done, total, message: heard.append(message))
+    try:
+        args = {"audio": str(song)}
+        assert tools.answer_from_cache("detect_key", args) is None  # never analysed: nothing decoded or reserved
+        assert "decoding audio" not in heard and tools.memory.most_reserved_bytes == 0
+        measured = tools.detect_key(**args)
+        assert tools.answer_from_cache("detect_key", args) == measured
+        assert tools.answer_from_cache("estimate_tempo", args) is None  # another kind: not measured yet
+        assert tools.answer_from_cache("detect_key", {**args, "offset_s": 1.0}) is None  # another window
+        assert tools.answer_from_cache("detect_key", {"audio": data_uri(song, "audio/wav")}) is None
+        assert tools.answer_from_cache("describe_music", args) is None  # not a tool answered from the cache
+        assert tools.answer_from_cache("detect_key", {"audio": str(music["outside"] / "x.wav")}) is None
+        # Only memory counts: after a restart (an empty in-memory cache) the disk entry is the ordinary call's.
+        tools.cache.clear_memory()
+        assert tools.answer_from_cache("detect_key", args) is None
+        assert tools.detect_key(**args) == measured
+    finally:
+        progress_callback.reset(token)
+
+
 def test_the_stdio_server_starts_with_an_unusable_cache_dir_and_says_so(tmp_path):
     # Before issue 21 the server started too, but every analysis then failed (see the cache tests above).
     not_a_folder = tmp_path / "cache"
