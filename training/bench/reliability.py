@@ -7,8 +7,9 @@ are the server's own) and reports, from /proc:
    each one's VmHWM) after decompression bombs (a 10-minute 96 kHz stereo FLAC by path, a
    long silent FLAC as a data URI), a long window that fits, and two long songs sent at
    once, against the server's memory budget (server_memory_mb);
-2. load: N concurrent calls from N clients, half on clips already analysed (cached) and
-   half on new clips: failures and latency percentiles of each half;
+2. load: N concurrent calls over S MCP sessions (warmed as an agent host's are), half on
+   clips already analysed (cached) and half on new clips, alternating: failures and latency
+   percentiles of each half, and the CPU the server and this client spent on them;
 3. endurance: M calls in a row (cached answers and refused inputs alternating), RSS every
    tenth of the way: flat means nothing leaks per call;
 4. race: a folder inside the root is swapped for a symlink to a folder outside it, over and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
 import shutil
 import subprocess
@@ -170,10 +172,31 @@ async def session_call(client: Client, path: Path, kind: str) -> tuple[Call, flo
     return Call(kind, end - start, ok, error), silence
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (from /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the line)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, sessions: int,
-         dsp_workers: int) -> dict:
+         dsp_workers: int, order: str = "interleaved", warmup: str = "call") -> dict:
     """`calls` analyze_clip calls sent at once over `sessions` open MCP sessions (as agent hosts keep them),
-    half on clips in the cache, half on new clips; each call timed from request to answer."""
+    half on clips in the cache, half on new clips; each call timed from request to answer.
+
+    order: "interleaved" (cached, new, cached, ...) or "cached-first" (every cached call sent before the new ones).
+    warmup: what each session did before the burst. "call" (the default): listed the tools and called
+    analyze_clip once, as a session in use has; "list": only listed the tools, as an agent host does when it
+    connects, so the first answer in each session compiles the tool's output schema in the SDK client (about
+    25 ms of this one client process's CPU per session, during the burst); "none" (the procedure before this
+    option: only the first session had called the tool): the SDK client also lists the tools again for every
+    answer that arrives before its session's first listing is done (76 kB each). Those costs are the client's
+    start-up, not the server's load."""
     n_new = calls // 2
     cached = render_clips(clips_dir, [f"cached_{i}" for i in range(5)], duration_s, 1000)
     fresh = render_clips(clips_dir, [f"new_{i}" for i in range(n_new)], duration_s, 3000)
@@ -188,14 +211,26 @@ def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, s
                                for _ in range(sessions)]
                     for path in cached:  # warm the cache
                         await clients[0].call_tool("analyze_clip", {"audio": str(path)})
-                    jobs = [(cached[i % len(cached)], "cached") for i in range(calls - n_new)]
-                    jobs += [(path, "new") for path in fresh]
+                    for i, client in enumerate(clients[1:] if warmup != "none" else [], start=1):
+                        await client.list_tools()
+                        if warmup == "call":
+                            await client.call_tool("analyze_clip", {"audio": str(cached[i % len(cached)])})
+                    hits = [(cached[i % len(cached)], "cached") for i in range(calls - n_new)]
+                    misses = [(path, "new") for path in fresh]
+                    if order == "interleaved":
+                        jobs = [job for pair in itertools.zip_longest(hits, misses) for job in pair if job]
+                    else:
+                        jobs = hits + misses
+                    server_cpu, client_cpu = cpu_seconds(process_tree(process.pid)), time.process_time()
                     start = time.perf_counter()
                     results = await asyncio.gather(*(session_call(clients[i % sessions], path, kind)
                                                      for i, (path, kind) in enumerate(jobs)))
-                    return list(results), time.perf_counter() - start
+                    wall = time.perf_counter() - start
+                    cpu = {"server_cpu_s": cpu_seconds(process_tree(process.pid)) - server_cpu,
+                           "client_cpu_s": time.process_time() - client_cpu}
+                    return list(results), wall, cpu
 
-            answers, wall = asyncio.run(everything())
+            answers, wall, cpu = asyncio.run(everything())
             rss = memory_mb(process.pid)
         finally:
             process.terminate()
@@ -204,7 +239,7 @@ def load(clips_dir: Path, calls: int, duration_s: float, max_concurrency: int, s
     rows = {kind: summarize([c for c in results if c.kind == kind], wall) for kind in ("cached", "new")}
     errors = [c.error for c in results if not c.ok]
     silence = max(s for c, s in answers if c.kind == "new")
-    return {"rows": rows, "wall_s": wall, "errors": errors, "longest_silence_s": silence, **rss}
+    return {"rows": rows, "wall_s": wall, "errors": errors, "longest_silence_s": silence, **cpu, **rss}
 
 
 # --- 3. endurance ----------------------------------------------------------------------------
@@ -313,6 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=100, help="concurrent calls of the load part (half cached)")
     parser.add_argument("--duration", type=float, default=5.0, help="clip length of the load part, seconds")
     parser.add_argument("--sessions", type=int, default=10, help="MCP sessions the load part's calls share")
+    parser.add_argument("--order", choices=("interleaved", "cached-first"), default="interleaved",
+                        help="the load part's calls: cached and new alternating, or every cached call first")
+    parser.add_argument("--session-warmup", choices=("call", "list", "none"), default="call",
+                        help="load: what each session did before the burst: listed the tools and made a call (a "
+                             "session in use), only listed them (a fresh agent host), or nothing but the first")
     parser.add_argument("--dsp-workers", type=int, default=None,
                         help="madmom worker processes of the server (default: the server's default)")
     parser.add_argument("--endurance-calls", type=int, default=1000)
@@ -355,10 +395,13 @@ def main(argv: list[str] | None = None) -> None:
     if "load" in parts:
         console.print(f"load: rendering clips, then {args.calls} concurrent clients ...")
         workers = args.dsp_workers if args.dsp_workers is not None else Settings.from_env().dsp_workers
-        result = load(clips_dir, args.calls, args.duration, args.max_concurrency, args.sessions, workers)
-        out.print(f"\n[b]2. load[/b]: {args.calls} concurrent analyze_clip calls over HTTP on {args.sessions} sessions, "
-                  f"half cached, half new {args.duration:g} s clips (max_concurrency {args.max_concurrency}, dsp_workers "
-                  f"{workers}); wall {result['wall_s']:.1f} s, "
+        result = load(clips_dir, args.calls, args.duration, args.max_concurrency, args.sessions, workers,
+                      args.order, args.session_warmup)
+        sessions = f"{args.sessions} sessions (warm-up: {args.session_warmup})"
+        out.print(f"\n[b]2. load[/b]: {args.calls} concurrent analyze_clip calls over HTTP on {sessions}, "
+                  f"half cached, half new {args.duration:g} s clips, {args.order} (max_concurrency "
+                  f"{args.max_concurrency}, dsp_workers {workers}); wall {result['wall_s']:.1f} s, CPU server "
+                  f"{result['server_cpu_s']:.1f} s, client {result['client_cpu_s']:.1f} s; "
                   f"server RSS after {result['VmRSS']:.0f} MB (peak {result['VmHWM']:.0f}, {result['processes']} processes)")
         for kind, row in result["rows"].items():
             out.print(f"  {kind:<7} calls {row['calls']:4d}  failures {row['failures']:3d}  p50 {row['p50']:7.3f} s  "
