@@ -1,7 +1,9 @@
 """The MCP server: every tool of `agent_tools.tools.TOOL_SPECS`, plus resources and prompts.
 
 Tools are registered from the shared registry, never redefined here. Each MCP
-tool is a thin async wrapper that runs the blocking `MusicTools` method in a
+tool is a thin async wrapper that gives a cached answer at once when memory has
+it (`MusicTools.answer_from_cache`, on the event loop: no worker thread, slot or
+memory), and otherwise runs the blocking `MusicTools` method in a
 worker thread, under a process-wide concurrency limit and a per-call timeout,
 forwards progress to the client, and turns the caller-fixable errors
 (`InputError`) and our own failures (`BackendError`) into tool results with
@@ -191,7 +193,8 @@ class ToolRunner:
 
     Heavy work is bounded inside the toolbox (`MusicTools.computing`, `max_concurrency` slots held by
     the worker thread itself), so a call abandoned on timeout keeps its slot until its thread really
-    finishes and timeouts can never pile up unbounded CPU work; cache hits never wait for a slot.
+    finishes and timeouts can never pile up unbounded CPU work; cache hits never wait for a slot (those
+    memory has are answered before the call reaches the runner, see `mcp_tool`).
     """
 
     def __init__(self, timeout_s: float, max_calls_in_flight: int = 64):
