@@ -536,8 +536,10 @@ async def test_a_cached_answer_needs_no_worker_thread_no_slot_and_no_memory(musi
             async with anyio.create_task_group() as group:
                 for i in range(int(threads.total_tokens)):
                     group.start_soon(waits, i)
-                while threads.borrowed_tokens < threads.total_tokens:  # every worker thread waits for memory
-                    await anyio.sleep(0.01)
+                with anyio.fail_after(60):  # every worker thread waits for memory (a call that ended would say why)
+                    while threads.borrowed_tokens < threads.total_tokens and not finished:
+                        await anyio.sleep(0.01)
+                assert finished == [], finished[0].content[0].text
                 again = await client.call_tool("detect_key", {"audio": str(music["song"])})
                 # Answered while every thread, slot and byte was still taken, and none of the waiting calls had ended.
                 assert not again.is_error and again.structured_content == first.structured_content
