@@ -290,3 +290,50 @@ def test_a_doubled_tempo_whose_off_beats_are_stronger_keeps_valid_alternatives()
     corrected, tempo = _correct_tempo(beats, activation)
     assert tempo.bpm == pytest.approx(200, rel=0.01) and len(corrected) == 2 * len(beats) - 1
     assert all(0 <= c.strength <= 1 for c in tempo.alternatives)  # was a validation error (strength -0.5)
+
+
+def test_block_stft_is_madmoms_stft_bit_for_bit(labelled_clips):
+    """The block STFT (model/dsp/stft.py) against madmom's per-frame loop, for every frame size and
+    rate our chains use, a hop that is not a whole number of samples, and edge frames that need padding."""
+    from madmom.audio.signal import FramedSignal, Signal
+    from madmom.audio.stft import ShortTimeFourierTransform, ShortTimeFourierTransformProcessor
+
+    from model.dsp.stft import BlockSTFTProcessor
+
+    clip = load_audio(labelled_clips["rock_a_minor"].path, duration_s=6.3).resampled(44100)
+    block = BlockSTFTProcessor(ShortTimeFourierTransformProcessor())
+    cases = [(44100, 1024, 100), (44100, 2048, 100), (44100, 4096, 100), (44100, 8192, 10), (44100, 8192, 5),
+             (22050, 2048, 100)]  # 22050 / 100: a hop of 220.5 samples
+    for rate, frame_size, fps in cases:
+        signal = Signal(clip.samples[::44100 // rate].copy(), sample_rate=rate)
+        frames = FramedSignal(signal, frame_size=frame_size, fps=fps)
+        theirs, ours = ShortTimeFourierTransform(frames), block(frames)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+        assert np.array_equal(ours, theirs), (rate, frame_size, fps)
+        assert np.array_equal(ours.bin_frequencies, theirs.bin_frequencies)
+        assert np.abs(ours).max() > 0  # real music, not an all-zero comparison
+
+
+def test_analyzer_spectrogram_chains_give_madmoms_own_network_outputs(labelled_clips, analyzer):
+    """With the block STFT, the fused STFT + filterbank step and one BLAS thread, the downbeat and
+    deep-chroma networks return exactly what madmom's own chains return (key and chord CNN:
+    test_networks_run_on_one_thread_and_give_madmoms_own_outputs)."""
+    from madmom.audio.chroma import DeepChromaProcessor
+    from madmom.audio.signal import Signal
+    from madmom.features.downbeats import RNNDownBeatProcessor
+
+    from model.dsp.stft import BlockFilteredSpectrogramProcessor
+
+    procs = analyzer._procs()
+
+    def steps(step):
+        return [step] + [s for inner in getattr(step, "processors", []) for s in steps(inner)]
+
+    assert sum(isinstance(s, BlockFilteredSpectrogramProcessor) for s in steps(procs["downbeat_rnn"])) == 3
+    clip = load_audio(labelled_clips["waltz_eb_major"].path, duration_s=8.0)
+    signal = Signal(clip.resampled(44100).samples, sample_rate=44100)
+    feats = analyzer._features(clip)
+    activation, chroma = analyzer._get(feats, "activation"), analyzer._get(feats, "chroma")
+    assert np.array_equal(activation, RNNDownBeatProcessor()(signal))
+    assert np.array_equal(chroma, DeepChromaProcessor()(signal))
+    assert activation.max() > 0.3  # the waltz has beats the network finds
