@@ -296,7 +296,10 @@ def test_block_stft_is_madmoms_stft_bit_for_bit(labelled_clips):
     """The block STFT (model/dsp/stft.py) against madmom's per-frame loop, for every frame size and
     rate our chains use, a hop that is not a whole number of samples, and edge frames that need padding."""
     from madmom.audio.signal import FramedSignal, Signal
-    from madmom.audio.stft import ShortTimeFourierTransform, ShortTimeFourierTransformProcessor
+    from madmom.audio.stft import (
+        ShortTimeFourierTransform,
+        ShortTimeFourierTransformProcessor,
+    )
 
     from model.dsp.stft import BlockSTFTProcessor
 
