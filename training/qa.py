@@ -765,7 +765,7 @@ def _words_inside(values: Iterable[str]) -> set[str]:
 
 
 def says_unsure(text: str) -> bool:
-    """Whether an answer ends with one of the words of doubt the model learnt (`T.UNSURE`)."""
+    """Whether an answer contains one of the words of doubt the model learnt (`T.UNSURE`)."""
     return any(phrase in text for phrase in T.UNSURE)
 
 
