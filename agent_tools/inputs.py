@@ -77,6 +77,14 @@ class ResolvedAudio:
             self.file.close()
 
 
+def audio_kind(audio: str) -> str:
+    """What an `audio` argument names: "data" (a data: URI), "url" (anything with a scheme) or "file"."""
+    audio = audio.strip()
+    if audio.lower().startswith("data:"):
+        return "data"
+    return "url" if "://" in audio else "file"
+
+
 def resolve_audio(audio: str, settings: Settings) -> ResolvedAudio:
     """Resolve the `audio` argument of a tool call, enforcing the settings' access rules."""
     if not isinstance(audio, str) or not audio.strip():
@@ -85,10 +93,10 @@ def resolve_audio(audio: str, settings: Settings) -> ResolvedAudio:
             "a data:audio/...;base64,... URI" + (", or an https:// URL." if settings.allow_urls else ".")
         )
     audio = audio.strip()
-    lowered = audio.lower()
-    if lowered.startswith("data:"):
+    kind = audio_kind(audio)
+    if kind == "data":
         return _decode_data_uri(audio, settings)
-    if "://" in audio:
+    if kind == "url":
         return _download(audio, settings)
     if len(audio) > MAX_PATH_CHARS:
         raise InputError(

@@ -36,7 +36,7 @@ from agent_tools.config import Settings
 from agent_tools.context import report_progress
 from agent_tools.digest import bounded
 from agent_tools.dsp_workers import analyse_in_worker
-from agent_tools.inputs import resolve_audio
+from agent_tools.inputs import audio_kind, resolve_audio
 from agent_tools.memory import MemoryBudget, MiB, process_tree_rss, return_freed_memory
 from agent_tools.recommend import (
     AttributesReport,
@@ -364,7 +364,7 @@ class MusicTools:
         cached is answered from the cache without decoding the file again (the file is still opened through
         the roots' checks: its identity is read from the opened descriptor)."""
         only_cached = cache_only.get()
-        if only_cached and not names_a_local_file(audio):
+        if only_cached and not (isinstance(audio, str) and audio_kind(audio) == "file"):
             raise NotCachedError("a data URI or a URL is decoded or downloaded before its cache key is known")
         report_progress(0, 3, "fetching audio")
         resolved = resolve_audio(audio, self.settings)
@@ -789,11 +789,6 @@ class MusicTools:
 
 
 TOOLS_ANSWERING_FROM_CACHE = {spec.name: spec.answers_from_cache for spec in TOOL_SPECS}
-
-
-def names_a_local_file(audio: object) -> bool:
-    """Whether the `audio` argument is a file path (not a data URI or a URL; see `resolve_audio`)."""
-    return isinstance(audio, str) and not audio.strip().lower().startswith("data:") and "://" not in audio
 
 
 # list_audio_files and the completions stop walking after this many files (a root may be a home folder).
