@@ -19,6 +19,16 @@ import scipy.fft
 BLOCK_FRAMES = 128  # frames per FFT call: 64-256 were equally fast; bounds the float64 scratch (8 MB at 8192)
 
 
+def _framed(frames, kwargs: dict):
+    """(madmom FramedSignal of `frames`, whether the block STFT applies to it). Multi-channel and integer
+    signals go through madmom's own STFT, which handles them in ways the blocks do not copy."""
+    from madmom.audio.signal import FramedSignal
+
+    if not isinstance(frames, FramedSignal):
+        frames = FramedSignal(frames, **kwargs)
+    return frames, np.asarray(frames.signal).ndim == 1 and not np.issubdtype(frames.signal.dtype, np.integer)
+
+
 class BlockSTFTProcessor:
     """Drop-in for madmom's `ShortTimeFourierTransformProcessor` (no circular shift; hann or given window)."""
 
@@ -34,12 +44,10 @@ class BlockSTFTProcessor:
         return self.process(frames, **kwargs)
 
     def process(self, frames, **kwargs):
-        from madmom.audio.signal import FramedSignal
         from madmom.audio.stft import ShortTimeFourierTransform
 
-        if not isinstance(frames, FramedSignal):
-            frames = FramedSignal(frames, **kwargs)
-        if np.asarray(frames.signal).ndim != 1 or np.issubdtype(frames.signal.dtype, np.integer):
+        frames, blockable = _framed(frames, kwargs)
+        if not blockable:
             return ShortTimeFourierTransform(frames, window=self.window, fft_size=self.fft_size,
                                              include_nyquist=self.include_nyquist)
         out = np.empty((frames.num_frames, self._bins(frames)), np.complex64)
@@ -79,7 +87,6 @@ class BlockSTFTProcessor:
         out.fft_size, out.circular_shift, out.include_nyquist = self.fft_size or int(frames.frame_size), False, self.include_nyquist
         return out
 
-
     def _window(self, frame_size: int) -> np.ndarray:
         if frame_size not in self._windows:
             window = self.window(frame_size) if callable(self.window) else self.window
@@ -103,13 +110,11 @@ class BlockFilteredSpectrogramProcessor(BlockSTFTProcessor):
 
     def process(self, frames, **kwargs):
         from madmom.audio.filters import Filterbank
-        from madmom.audio.signal import FramedSignal
         from madmom.audio.spectrogram import FilteredSpectrogram
         from madmom.audio.stft import fft_frequencies
 
-        if not isinstance(frames, FramedSignal):
-            frames = FramedSignal(frames, **kwargs)
-        if np.asarray(frames.signal).ndim != 1 or np.issubdtype(frames.signal.dtype, np.integer):
+        frames, blockable = _framed(frames, kwargs)
+        if not blockable:
             return self.filter_step(super().process(frames))
         step, bins = self.filter_step, self._bins(frames)
         filterbank = step.filterbank
@@ -127,6 +132,7 @@ class BlockFilteredSpectrogramProcessor(BlockSTFTProcessor):
         result.filterbank = filterbank
         result.stft = self._stft_object(np.empty((0, bins), np.complex64), frames)
         return result
+
 
 def with_block_stft(processor):
     """`processor` (a madmom processor tree) with every STFT step done on blocks of frames, in place.
