@@ -69,3 +69,10 @@ def test_real_clips_join_the_training_split_with_labels_beside_them(tmp_path):
     targets, _ = label_targets(read_clip_labels(files))
     real_row = [i for i, f in enumerate(files) if f.name.startswith("real-")][0]
     assert (targets["family"][real_row] == -1).all() and (targets["family"][:real_row] >= 0).all()
+
+
+def test_no_held_out_package_is_heard_even_without_labels():
+    from training.real_sets import UNLABELLED
+
+    assert not {s.package for s in UNLABELLED} & {s.package for s in HELD_OUT}
+    assert {s.package for s in TRAIN} <= {s.package for s in UNLABELLED}

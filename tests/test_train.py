@@ -420,3 +420,52 @@ def test_training_with_measurements_marks_the_checkpoint_as_reading_them(tiny_da
     train(parse_args(common + ["--out", str(tmp_path / "measured"), "--measured-share", "0.75"]))
     assert not load_engine(str(tmp_path / "plain" / "tinymu.safetensors")).info().reads_measurements
     assert load_engine(str(tmp_path / "measured" / "tinymu.safetensors")).info().reads_measurements
+
+
+def test_the_warm_up_distils_the_taggers_probabilities_also_from_unlabelled_clips(tiny_data, tmp_path):
+    import shutil
+
+    from model.errors import InputError
+    from training.pretrain_encoder import load_tags
+    from training.pretrain_encoder import parse_args as pretrain_args
+    from training.pretrain_encoder import pretrain
+
+    clips, extra = tmp_path / "clips", tmp_path / "unlabelled"
+    shutil.copytree(tiny_data / "clips", clips)
+    extra.mkdir()
+    for wav in sorted(clips.glob("*.wav"))[:2]:
+        shutil.copy(wav, extra / f"real-{wav.name}")  # no label file beside these
+    # What a tagger would say: "fast" and "loud" for the rock clip, "slow" and "quiet" for the others.
+    names = ["tag:fast", "tag:loud", "tag:slow", "tag:quiet"]
+
+    def write_tags(folder):
+        probs = {w.name: [0.9, 0.8, 0.1, 0.1] if "c0" in w.name else [0.1, 0.2, 0.9, 0.7]
+                 for w in sorted(folder.glob("*.wav")) if w.name != "c3.wav"}  # one clip left untagged
+        (folder / "tags.json").write_text(json.dumps({"models": ["t"], "tags": names, "clips": probs}))
+
+    write_tags(clips)
+    write_tags(extra)
+    files = sorted(clips.glob("*.wav")) + sorted(extra.glob("*.wav"))
+    tags, tag_names = load_tags(files, [clips, extra])
+    assert tag_names == names and tags.shape == (len(files), 4)
+    untagged = [i for i, f in enumerate(files) if f.name == "c3.wav"]
+    assert (tags[untagged] == -1).all() and (tags[[i for i in range(len(files)) if i not in untagged]] >= 0).all()
+    assert load_tags(files, [tmp_path / "nowhere"]) is None
+
+    report = pretrain(pretrain_args(["--data", str(clips), "--out", str(tmp_path / "enc.safetensors"),
+                                     "--preset", "tiny", "--steps", "0", "--supervised-steps", "30", "--batch", "3",
+                                     "--crop-frames", "256", "--quiet", "--no-probe", "--extra-audio", str(extra)]))
+    assert report["clips"] == 6 and report["tagged_clips"] == 5
+    assert report["supervised_loss_last"] < report["supervised_loss_first"]
+
+    (extra / "tags.json").write_text(json.dumps({"models": ["u"], "tags": ["other"], "clips": {}}))
+    with pytest.raises(InputError, match="other tagger models"):
+        load_tags(files, [clips, extra])
+
+
+def test_a_clip_of_unknown_genre_teaches_no_genre():
+    from training.labels import ClipLabels
+    from training.pretrain_encoder import label_targets
+
+    targets, classes = label_targets([ClipLabels(file_name="a.wav", style="rock"), ClipLabels(file_name="b.wav")])
+    assert classes["style"] == ["rock"] and targets["style"].tolist() == [0, -1]

@@ -16,7 +16,11 @@ Self-supervised part, the MATPAC++ recipe (arXiv 2508.12709), on log-mel patches
 
 Supervised part (optional, for the CPU-scale shipped model): a multi-task warm-up on the
 labels of our synthetic clips (instrument families, lead family, mode, meter, tempo class,
-style, drums, energy, key tonic) through linear heads on the time-pooled encoder output.
+style, drums, energy, key tonic) through linear heads on the time-pooled encoder output,
+plus distillation of a tagger trained on real music: where a `tags.json` written by
+`training.tagger` lies in a clip folder, one more head learns to predict its 100 tag
+probabilities (genres, instruments, voice, mood). Unlabelled real clips (`--extra-audio`)
+take part through that head only.
 A few CPU minutes of self-supervision give features that are too weak for the language
 model to learn from quickly; `probe` measures both (linear probes on frozen features).
 
@@ -190,12 +194,32 @@ class MatpacPretrainer(nn.Module):
 
 # -- supervised warm-up ----------------------------------------------------------------------------------
 
-STYLE_FALLBACK = "unknown"
+# The tag head's loss is a mean over 100 soft binary targets, a weak gradient next to nine
+# cross-entropy heads; this weight puts its starting loss (6.9) on the scale of theirs summed.
+DISTILL_WEIGHT = 10.0
+
+
+def load_tags(files: list[Path], folders: list[Path]) -> tuple[torch.Tensor, list[str]] | None:
+    """The tagger's probabilities for each file ([N, tags], -1 rows where a file has none), read from
+    `tags.json` in any of `folders`; None when no folder has one."""
+    tagged, names = {}, None
+    for folder in folders:
+        tags_file = Path(folder) / "tags.json"
+        if tags_file.is_file():
+            found = json.loads(tags_file.read_text())
+            if names is not None and found["tags"] != names:
+                raise InputError(f"{tags_file} was written by other tagger models than the other tags files")
+            names = found["tags"]
+            tagged.update({(Path(folder) / rel).resolve(): probs for rel, probs in found["clips"].items()})
+    if names is None:
+        return None
+    rows = [tagged.get(f.resolve(), [-1.0] * len(names)) for f in files]
+    return torch.tensor(rows), names
 
 
 def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Per task: targets for every clip (-1 = unknown) and the class names."""
-    styles = sorted({l.style or STYLE_FALLBACK for l in labels})
+    styles = sorted({l.style for l in labels if l.style})  # a clip of unknown genre teaches no genre
     # The lead instrument has its own head: the family heads alone left its slot the weakest one
     # downstream (held-out 74 % vs 82 % for the lead family on 3,000 clips; 78 % with the head).
     leads = sorted({l.lead_instrument for l in labels if l.lead_instrument})
@@ -215,7 +239,7 @@ def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], di
         "mode": torch.tensor([index(MODES, l.mode) for l in labels]),
         "meter": torch.tensor([index(METERS, l.meter) for l in labels]),
         "tempo_class": torch.tensor([index(TEMPO_CLASSES, l.tempo_class) for l in labels]),
-        "style": torch.tensor([index(styles, l.style or STYLE_FALLBACK) for l in labels]),
+        "style": torch.tensor([index(styles, l.style) for l in labels]),
         "drums": torch.tensor([-1 if l.has_drums is None else int(l.has_drums) for l in labels]),
         "energy": torch.tensor([index(["low", "medium", "high"], l.energy) for l in labels]),
         "tonic": torch.tensor([pitch_class(l.key_tonic) if l.key_tonic else -1 for l in labels]),
@@ -223,14 +247,17 @@ def label_targets(labels: list[ClipLabels]) -> tuple[dict[str, torch.Tensor], di
     return targets, classes
 
 
-def read_clip_labels(files: list[Path]) -> list[ClipLabels]:
-    """The label JSON written beside each clip by training/synth.py."""
+def read_clip_labels(files: list[Path], unlabelled: set[Path] = frozenset()) -> list[ClipLabels]:
+    """The label JSON written beside each clip by training/synth.py (nothing known for `unlabelled` ones)."""
     out = []
     for f in files:
         meta = f.with_suffix(".json")
-        if not meta.is_file():
+        if f in unlabelled:
+            out.append(ClipLabels(file_name=f.name))
+        elif not meta.is_file():
             raise InputError(f"{f.name} has no label file {meta.name}; the supervised warm-up needs labelled clips")
-        out.append(ClipLabels.from_metadata(json.loads(meta.read_text()), file_name=f.name))
+        else:
+            out.append(ClipLabels.from_metadata(json.loads(meta.read_text()), file_name=f.name))
     return out
 
 
@@ -248,10 +275,11 @@ class LabelHeads(nn.Module):
         total = features.new_zeros(())
         for task, head in self.heads.items():
             logits, y = head(features), targets[task]
-            if task == "family":
+            if task in ("family", "tags"):
                 known = y[:, 0] >= 0
                 if known.any():
-                    total = total + F.binary_cross_entropy_with_logits(logits[known], y[known])
+                    weight = DISTILL_WEIGHT if task == "tags" else 1.0
+                    total = total + weight * F.binary_cross_entropy_with_logits(logits[known], y[known])
             elif (y >= 0).any():
                 total = total + F.cross_entropy(logits[y >= 0], y[y >= 0])
         return total
@@ -261,7 +289,12 @@ class LabelHeads(nn.Module):
         scores = {}
         for task, head in self.heads.items():
             logits, y = head(features), targets[task]
-            if task == "family":
+            if task == "tags":  # how well the predicted probabilities follow the tagger's (Pearson r)
+                known = y[:, 0] >= 0
+                if known.sum() > 1:
+                    scores[task] = float(torch.corrcoef(torch.stack([logits[known].sigmoid().flatten(),
+                                                                     y[known].flatten()]))[0, 1])
+            elif task == "family":
                 known = y[:, 0] >= 0
                 if known.any():
                     scores[task] = float(((logits[known] > 0).float() == y[known]).float().mean())
@@ -313,6 +346,7 @@ class PretrainConfig:
     seed: int = 0
     probe: bool = True
     quiet: bool = False
+    extra_audio: Path | None = None  # unlabelled clips with a tags.json: distillation only
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -326,6 +360,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                          f"and at most {model_cfg.encoder.chunk_frames}")
     encoder = MatpacEncoder(model_cfg.encoder)
     files = clip_files(cfg.data)
+    extra = clip_files(cfg.extra_audio) if cfg.extra_audio else []
+    files += extra
     started = time.time()
     mels = log_mels(encoder, files, cfg.seconds)
     crop = min(cfg.crop_frames, mels.shape[-1] // 16 * 16)
@@ -335,9 +371,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
     val_idx, train_idx = order[:n_val], order[n_val:]
     report: dict = {"clips": len(files), "crop_frames": crop, "preset": cfg.preset}
 
-    have_labels = all(f.with_suffix(".json").is_file() for f in files)
+    have_labels = all(f.with_suffix(".json").is_file() for f in files if f not in set(extra))
     if have_labels:
-        targets, classes = label_targets(read_clip_labels(files))
+        targets, classes = label_targets(read_clip_labels(files, set(extra)))
+        tags = load_tags(files, [cfg.data] + ([cfg.extra_audio] if cfg.extra_audio else []))
+        if tags is not None:
+            targets["tags"], classes["tags"] = tags
+            report["tagged_clips"] = int((tags[0][:, 0] >= 0).sum())
 
     def probe(tag: str) -> None:
         if cfg.probe and have_labels and n_val:
@@ -425,6 +465,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-audio", type=Path, help="unlabelled clips with a tags.json (distillation only)")
     p.add_argument("--no-probe", dest="probe", action="store_false")
     p.add_argument("--quiet", action="store_true")
     return PretrainConfig(**vars(p.parse_args(argv)))

@@ -31,7 +31,12 @@ from pathlib import Path
 
 import typer
 
-from training.augment import audio_files, augment_recordings, fetch_debian_music
+from training.augment import (
+    audio_files,
+    augment_recordings,
+    cut_clips,
+    fetch_debian_music,
+)
 from training.labels import ClipLabels, read_labels, write_labels
 
 
@@ -57,6 +62,13 @@ TRAIN = (
     Source("nexuiz-music", "electronic", archive="music.pk3"),  # electronic game soundtrack (in a .pk3 zip)
 )
 SPLITS = {"heldout": HELD_OUT, "train": TRAIN}
+# Music the encoder may hear without labels: it only learns to predict the tagger's outputs on it
+# (`training.tagger`), so no genre is claimed. Never a held-out package; added 2026-12-05.
+UNLABELLED = TRAIN + (
+    Source("hyperrogue-music", None, music_under="/music/"),  # 17 game tracks, several composers
+    Source("warzone2100-music", None, music_under="/music/"),  # 30 tracks of three soundtracks
+    Source("megaglest-data", None, music_under="/music/"),  # 9 faction and menu themes
+)
 EXTRA_STYLE_DISTRACTORS = ("jazz",)  # one genre none of the sources is, so three genres make four options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-recording sets split by source.")
@@ -82,6 +94,19 @@ def build_split(split: str, out_dir: Path, music_dir: Path, *, limit_files: int 
     write_labels(out_dir, "real", labels)
     write_questions(labels, out_dir, seed=seed)
     return labels
+
+
+def cut_unlabelled(out_dir: Path, music_dir: Path, *, per_file: int = 6) -> int:
+    """Cut `per_file` clips from every recording of `UNLABELLED` into OUT/<package>/ (no analysis,
+    no labels); returns the number of clips."""
+    held_out = {source.package for source in HELD_OUT}
+    clips = 0
+    for source in UNLABELLED:
+        assert source.package not in held_out, source.package
+        (out_dir / source.package).mkdir(parents=True, exist_ok=True)
+        for recording in recordings_of(source, music_dir):
+            clips += len(cut_clips(recording, out_dir / source.package, per_file=per_file))
+    return clips
 
 
 def recordings_of(source: Source, music_dir: Path) -> list[Path]:
@@ -160,6 +185,14 @@ def build(split: str = typer.Option("heldout", help="heldout or train"),
     labels = build_split(split, out, music, limit_files=limit_files, seed=seed)
     known = {f: sum(getattr(c, f) is not None for c in labels) for f in ("style", "tempo_bpm", "mode", "meter")}
     typer.echo(f"{len(labels)} clips from {len(SPLITS[split])} packages; known labels: {known}")
+
+
+@app.command()
+def unlabelled(out: Path = typer.Option(..., help="output folder for the clips"),
+               music: Path = typer.Option(Path(".cache/debian"), help="where Debian packages are unpacked"),
+               per_file: int = typer.Option(6, help="clips cut from each recording")) -> None:
+    """Cut unlabelled clips for the encoder's distillation (tag them with `training.tagger`)."""
+    typer.echo(f"{cut_unlabelled(out, music, per_file=per_file)} clips under {out}")
 
 
 if __name__ == "__main__":

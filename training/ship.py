@@ -7,9 +7,14 @@ after an interruption resumes where it stopped; LM training resumes mid-run):
 
 1. data      `training.dataset build`: labelled synthetic clips (train / val / test,
              held out by clip) and their QA records.
+   real      the train-eligible real recordings join the training clips.
+   tags      `training.tagger` (musicnn, in its own environment; skipped without
+             it): a tagger trained on real music labels every training clip and
+             unlabelled real clips with 100 tag probabilities.
 2. encoder   `training.pretrain_encoder`: a small MATPAC++ encoder, a short
              self-supervised run then the supervised multi-task warm-up on the
-             training clips' labels (linear-probe accuracies are recorded).
+             training clips' labels and the tagger's probabilities (linear-probe
+             accuracies are recorded).
 3. align     `training.align`: the projector learns to turn audio tokens into the
              word embeddings of the clip's labels, one word per fixed slot ("waltz",
              "minor", "3", ...; no LM forward: cheap); with --word-readout (on
@@ -44,6 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +76,11 @@ class ShipConfig:
     real_eval_limit: int = 40  # questions per (task, attribute) of the held-out real evaluation
     min_real_accuracy: float = 0.65  # multiple choice on the held-out real set, to be installed
     max_real_blind: float = 0.40  # ... while silence/noise in place of the audio stay at or below this
+    # Distillation of a tagger trained on real music (`training.tagger`, musicnn): the Python of the
+    # environment it runs in ("" or missing: the encoder learns from our labels only), and unlabelled
+    # real clips it tags for the encoder (`python -m training.real_sets unlabelled`; "" for none).
+    tagger_python: str = ".cache/tagger-venv/bin/python"
+    distill_audio: str = ".cache/distill-audio"
     ssl_steps: int = 0  # MATPAC++ steps; see the README for why the shipped run relies on the warm-up
     supervised_steps: int = 1200
     crop_frames: int = 320
@@ -137,6 +148,7 @@ def ship(cfg: ShipConfig) -> dict:
     run_dir = work / "run"
     eval_dir = work / "eval"
     stages = Stages(work)
+    distilling = bool(cfg.tagger_python) and Path(cfg.tagger_python).is_file()
 
     def build_data():
         from training.dataset import build_dataset
@@ -148,7 +160,18 @@ def ship(cfg: ShipConfig) -> dict:
 
         pretrain(PretrainConfig(data=data / "audio" / "train", out=encoder_ckpt, preset="small", steps=cfg.ssl_steps,
                                 supervised_steps=cfg.supervised_steps, crop_frames=cfg.crop_frames, seed=cfg.seed,
-                                quiet=False))
+                                quiet=False, extra_audio=Path(cfg.distill_audio) if distilling and cfg.distill_audio
+                                else None))
+
+    def tag_clips():
+        # The tagger runs in its own environment (TensorFlow), so in a process of its own.
+        if cfg.distill_audio and not Path(cfg.distill_audio).is_dir():
+            from training.real_sets import cut_unlabelled
+
+            cut_unlabelled(Path(cfg.distill_audio), Path(".cache/debian"))
+        for folder in [data / "audio" / "train"] + ([Path(cfg.distill_audio)] if cfg.distill_audio else []):
+            subprocess.run([cfg.tagger_python, "-m", "training.tagger", str(folder)], check=True)
+        (work / "tagged").write_text("tags.json written beside the clips\n")
 
     def align_projector():
         from training.align import align
@@ -191,6 +214,10 @@ def ship(cfg: ShipConfig) -> dict:
     stages.run("data", data / "manifest.json", build_data)
     if cfg.real_train:
         stages.run("real", data / "real_added.json", add_real)
+    if distilling:
+        stages.run("tags", work / "tagged", tag_clips)
+    else:
+        print(f"[ship] tags: skipped, no tagger environment at {cfg.tagger_python!r} (see training/tagger.py)")
     stages.run("encoder", encoder_ckpt, pretrain_encoder)
     stages.run("align", aligned_ckpt, align_projector)
     # Raising --train-steps and rerunning continues the same run; the evaluation follows the checkpoint.
