@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
+from model.errors import InputError
+
 from training.labels import ClipLabels
 from training.real_sets import HELD_OUT, TRAIN, write_questions
 
@@ -76,3 +81,27 @@ def test_no_held_out_package_is_heard_even_without_labels():
 
     assert not {s.package for s in UNLABELLED} & {s.package for s in HELD_OUT}
     assert {s.package for s in TRAIN} <= {s.package for s in UNLABELLED}
+
+
+def test_the_teacher_probe_fits_genres_on_train_clips_and_scores_another_set(tmp_path):
+    from training.context_probe import teacher_probe
+
+    def real_set(folder, n):
+        folder.mkdir()
+        clips = [ClipLabels(file_name=f"{style}/audio/real/{i}.wav", style=style)
+                 for style in ("rock", "orchestral") for i in range(n)]
+        (folder / "labels_real.jsonl").write_text("".join(json.dumps(c.to_json()) + "\n" for c in clips))
+        # A tagger that hears "guitar" in rock and "strings" in orchestral music, with some noise.
+        rng = np.random.default_rng(len(str(folder)))
+        probs = {c.file_name: ([0.8, 0.1] if c.style == "rock" else [0.1, 0.7]) + rng.uniform(0, 0.2, 2) for c in clips}
+        (folder / "tags.json").write_text(json.dumps({"tags": ["guitar", "strings"],
+                                                      "clips": {k: v.tolist() for k, v in probs.items()}}))
+
+    real_set(tmp_path / "train", 6)
+    real_set(tmp_path / "heldout", 4)
+    report = teacher_probe(tmp_path / "train", tmp_path / "heldout")
+    assert report["teacher_clips"] == 8 and report["teacher_accuracy"] == 1.0
+    assert report["teacher_confusion"]["rock"] == {"rock": 4}
+    (tmp_path / "heldout" / "tags.json").unlink()
+    with pytest.raises(InputError, match="training.tagger"):
+        teacher_probe(tmp_path / "train", tmp_path / "heldout")
