@@ -11,7 +11,7 @@ INSPECTOR_VERSION := 2.12.0
 MCPB_VERSION := 2.1.2
 MCPBDEPS := .cache/node/.mcpb-$(MCPB_VERSION)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench tagger clean
 
 setup: $(STAMP) $(SYSDEPS)
 
@@ -59,6 +59,17 @@ test: setup $(NODEDEPS) $(MCPBDEPS)
 
 bench: setup
 	$(BIN)/python -m training.bench dsp
+
+# The tagger whose outputs the encoder distils (training/tagger.py): musicnn's TensorFlow
+# graphs, in an environment of their own (TensorFlow 2.15 needs Python 3.9-3.11; musicnn's
+# wheel pins an old numpy, hence --no-deps). Only `python -m training.ship` uses it.
+TAGGER := .cache/tagger-venv/.installed
+tagger: $(TAGGER)
+$(TAGGER):
+	$(PY) -m venv .cache/tagger-venv
+	.cache/tagger-venv/bin/pip install -q 'tensorflow-cpu==2.15.1' 'numpy<2' librosa soundfile tqdm
+	.cache/tagger-venv/bin/pip install -q --no-deps musicnn==0.1.0
+	touch $@
 
 clean:
 	rm -rf $(VENV) .cache

@@ -7,7 +7,7 @@ per clip (genre, instruments, voice, mood) become targets the encoder learns to 
 (`training.pretrain_encoder`), the "distil a pretrained tagger" step of the recipe.
 
 musicnn needs TensorFlow 1.x-style graphs, so it runs at labelling time only, in its own
-environment (its wheel pins numpy < 1.17, hence `--no-deps`):
+environment (its wheel pins numpy < 1.17, hence `--no-deps`; `make tagger` does this):
 
     python -m venv .cache/tagger-venv
     .cache/tagger-venv/bin/pip install 'tensorflow-cpu==2.15.1' 'numpy<2' librosa soundfile
