@@ -43,7 +43,7 @@ class Tagger:
         from musicnn import models as networks
 
         tf.compat.v1.disable_eager_execution()
-        self.tf, self.librosa, self.config = tf, librosa, configuration
+        self.librosa, self.config = librosa, configuration
         self.frames = librosa.time_to_frames(PATCH_SECONDS, sr=configuration.SR, n_fft=configuration.FFT_SIZE,
                                              hop_length=configuration.FFT_HOP) + 1
         self.models, self.tags, self.sessions = list(models), [], []
@@ -55,10 +55,10 @@ class Tagger:
                 x = tf.compat.v1.placeholder(tf.float32, [None, self.frames, configuration.N_MELS])
                 training = tf.compat.v1.placeholder(tf.bool)
                 with tf.name_scope("model"):  # the checkpoints' variable scope
-                    logits = networks.define_model(x, training, name, len(labels))[0]
+                    probabilities = tf.nn.sigmoid(networks.define_model(x, training, name, len(labels))[0])
                 session = tf.compat.v1.Session(graph=graph)
                 tf.compat.v1.train.Saver().restore(session, f"{package_dir / name}/")
-            self.sessions.append((session, x, training, tf.nn.sigmoid(logits)))
+            self.sessions.append((session, x, training, probabilities))
             self.tags += [f"{name.split('_')[0]}:{label}" for label in labels]
 
     def patches(self, path: Path):
