@@ -359,9 +359,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise InputError(f"--crop-frames must be a multiple of {model_cfg.encoder.patch_size} "
                          f"and at most {model_cfg.encoder.chunk_frames}")
     encoder = MatpacEncoder(model_cfg.encoder)
-    files = clip_files(cfg.data)
-    extra = clip_files(cfg.extra_audio) if cfg.extra_audio else []
-    files += extra
+    folders = [cfg.data] + ([cfg.extra_audio] if cfg.extra_audio else [])
+    unlabelled = set(clip_files(cfg.extra_audio)) if cfg.extra_audio else set()
+    files = clip_files(cfg.data) + sorted(unlabelled)
     started = time.time()
     mels = log_mels(encoder, files, cfg.seconds)
     crop = min(cfg.crop_frames, mels.shape[-1] // 16 * 16)
@@ -371,10 +371,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     val_idx, train_idx = order[:n_val], order[n_val:]
     report: dict = {"clips": len(files), "crop_frames": crop, "preset": cfg.preset}
 
-    have_labels = all(f.with_suffix(".json").is_file() for f in files if f not in set(extra))
+    have_labels = all(f.with_suffix(".json").is_file() for f in files if f not in unlabelled)
     if have_labels:
-        targets, classes = label_targets(read_clip_labels(files, set(extra)))
-        tags = load_tags(files, [cfg.data] + ([cfg.extra_audio] if cfg.extra_audio else []))
+        targets, classes = label_targets(read_clip_labels(files, unlabelled))
+        tags = load_tags(files, folders)
         if tags is not None:
             targets["tags"], classes["tags"] = tags
             report["tagged_clips"] = int((tags[0][:, 0] >= 0).sum())

@@ -37,6 +37,7 @@ from training.augment import (
     cut_clips,
     fetch_debian_music,
 )
+from training.corpora import DEBIAN_DIR
 from training.labels import ClipLabels, read_labels, write_labels
 
 
@@ -175,7 +176,7 @@ def questions(data: Path = typer.Option(..., help="a folder made by `build`"), s
 @app.command()
 def build(split: str = typer.Option("heldout", help="heldout or train"),
           out: Path = typer.Option(..., help="output folder: clips, labels, QA records (test.jsonl)"),
-          music: Path = typer.Option(Path(".cache/debian"), help="where Debian packages are unpacked"),
+          music: Path = typer.Option(DEBIAN_DIR, help="where Debian packages are unpacked"),
           limit_files: int = typer.Option(0, help="at most this many recordings per package (0: all)"),
           seed: int = typer.Option(0)) -> None:
     """Build the real-recording set of SPLIT (fetches the packages if needed)."""
@@ -189,7 +190,7 @@ def build(split: str = typer.Option("heldout", help="heldout or train"),
 
 @app.command()
 def unlabelled(out: Path = typer.Option(..., help="output folder for the clips"),
-               music: Path = typer.Option(Path(".cache/debian"), help="where Debian packages are unpacked"),
+               music: Path = typer.Option(DEBIAN_DIR, help="where Debian packages are unpacked"),
                per_file: int = typer.Option(6, help="clips cut from each recording")) -> None:
     """Cut unlabelled clips for the encoder's distillation (tag them with `training.tagger`)."""
     typer.echo(f"{cut_unlabelled(out, music, per_file=per_file)} clips under {out}")

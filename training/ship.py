@@ -166,9 +166,10 @@ def ship(cfg: ShipConfig) -> dict:
     def tag_clips():
         # The tagger runs in its own environment (TensorFlow), so in a process of its own.
         if cfg.distill_audio and not Path(cfg.distill_audio).is_dir():
+            from training.corpora import DEBIAN_DIR
             from training.real_sets import cut_unlabelled
 
-            cut_unlabelled(Path(cfg.distill_audio), Path(".cache/debian"))
+            cut_unlabelled(Path(cfg.distill_audio), DEBIAN_DIR)
         for folder in [data / "audio" / "train"] + ([Path(cfg.distill_audio)] if cfg.distill_audio else []):
             subprocess.run([cfg.tagger_python, "-m", "training.tagger", str(folder)], check=True)
         (work / "tagged").write_text("tags.json written beside the clips\n")

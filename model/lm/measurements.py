@@ -9,9 +9,10 @@ tempo, meter and key with the DSP tools and puts them in front of the question
 
 The model is trained with this sentence (sometimes missing or partly missing, as
 unconfident readings are), so its words agree with the measurements, it still answers
-from the audio alone, and it says it is unsure of a tempo, key or meter nobody measured. Only confident readings are stated; the thresholds
-below are the ones used when real recordings are labelled for training, so a model
-reads the same kind of sentence at inference that it learnt from.
+from the audio alone, and it says it is unsure of a tempo, key or meter nobody
+measured. Only confident readings are stated; the thresholds below are the ones used
+when real recordings are labelled for training, so a model reads the same kind of
+sentence at inference that it learnt from.
 """
 
 from __future__ import annotations
