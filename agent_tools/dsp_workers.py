@@ -6,15 +6,24 @@ analysis runs, every other request, cache hits included, waits for the
 interpreter. Worker processes, each with its own warm processors, analyse in
 parallel and leave the server's event loop free. Each pool is started once
 per process (workers load madmom's networks at start) and reused.
+
+Each worker is a one-process executor of its own, so one worker can be
+killed without breaking the others' calls: a call that is abandoned (timed
+out) while its analysis runs kills that worker and starts a new one, which
+gives the call's compute slot back at once (a running madmom analysis cannot
+be interrupted any other way). A worker that died (killed, out of memory) is
+replaced the same way.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
 from pydantic import BaseModel
@@ -24,8 +33,12 @@ from model.audio import AudioClip
 from model.dsp.capabilities import capability
 from model.errors import BackendError
 
-_pools: dict[int, ProcessPoolExecutor] = {}
-_pools_lock = threading.Lock()
+
+class AnalysisAbandonedError(BackendError):
+    """The call was abandoned (timed out) while its analysis ran; its worker was killed to free its slot."""
+
+
+POLL_S = 0.05  # how soon an abandoned call's worker is killed
 
 
 def _warm_up(parent: int) -> None:
@@ -54,14 +67,107 @@ def _analyse(kind: str, clip: AudioClip) -> BaseModel:
         return_freed_memory()  # the server reads this worker's resident size as its own memory
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def _new_worker(parent: int) -> ProcessPoolExecutor:
+    # "spawn": the server process runs threads, which forking would copy in an unknown state.
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up,
+                               initargs=(parent,))
+
+
+def _kill(worker: ProcessPoolExecutor) -> None:
+    """End a worker now, whatever it is doing. (Python 3.14 has `kill_workers()`; before it, the executor's
+    processes are only reachable through its `_processes`.)"""
+    for process in list((getattr(worker, "_processes", None) or {}).values()):
+        process.kill()
+    worker.shutdown(wait=False, cancel_futures=True)
+
+
+class WorkerPool:
+    """`size` worker processes, each lent to one analysis at a time."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._parent = os.getpid()
+        self._idle: queue.Queue[ProcessPoolExecutor] = queue.Queue()
+        self._all: list[ProcessPoolExecutor] = []
+        self._lock = threading.Lock()
+        for _ in range(size):
+            self._add(_new_worker(self._parent))
+
+    def _add(self, worker: ProcessPoolExecutor) -> None:
+        with self._lock:
+            self._all.append(worker)
+        self._idle.put(worker)
+
+    def _replace(self, worker: ProcessPoolExecutor) -> None:
+        _kill(worker)
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+        fresh = _new_worker(self._parent)
+        fresh.submit(_ready)  # starts it now, so it warms up before the next call needs it
+        self._add(fresh)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return sorted(pid for worker in self._all for pid in (getattr(worker, "_processes", None) or {}))
+
+    def start(self) -> list:
+        with self._lock:
+            return [worker.submit(_ready) for worker in self._all]
+
+    def _borrow(self, abandoned: threading.Event | None) -> ProcessPoolExecutor:
+        # More calls than workers may be computing (max_concurrency > dsp_workers): they queue here.
+        while True:
+            try:
+                return self._idle.get(timeout=POLL_S)
+            except queue.Empty:
+                if abandoned is not None and abandoned.is_set():
+                    raise AnalysisAbandonedError("the call was abandoned (timed out) before its analysis started")
+
+    def run(self, fn, *args, abandoned: threading.Event | None = None):
+        """fn(*args) in a worker; when `abandoned` is set meanwhile, the worker is killed and replaced."""
+        worker = self._borrow(abandoned)
+        try:
+            try:
+                future = worker.submit(fn, *args)
+            except BrokenProcessPool:  # it died while idle: nothing was lost, use a new one
+                self._replace(worker)
+                worker = self._borrow(abandoned)
+                future = worker.submit(fn, *args)
+            while True:
+                try:
+                    result = future.result(timeout=POLL_S)
+                except FutureTimeout:
+                    if abandoned is not None and abandoned.is_set():
+                        self._replace(worker)
+                        worker = None
+                        raise AnalysisAbandonedError(
+                            "the call was abandoned (timed out) during its analysis; its worker was stopped"
+                        ) from None
+                    continue
+                self._idle.put(worker)
+                worker = None
+                return result
+        except BrokenProcessPool as exc:
+            self._replace(worker)
+            worker = None
+            raise BackendError(
+                "A DSP worker process died during the analysis (killed, or out of memory); a new worker is "
+                "started for the next call. Call again, or analyse a shorter window (offset_s/duration_s)."
+            ) from exc
+        finally:
+            if worker is not None:  # an unexpected error (e.g. unpicklable arguments): the worker is still good
+                self._idle.put(worker)
+
+
+_pools: dict[int, WorkerPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> WorkerPool:
     with _pools_lock:
         if workers not in _pools:
-            # "spawn": the server process runs threads, which forking would copy in an unknown state.
-            _pools[workers] = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up,
-                initargs=(os.getpid(),),
-            )
+            _pools[workers] = WorkerPool(workers)
         return _pools[workers]
 
 
@@ -73,30 +179,20 @@ def worker_pids(workers: int) -> list[int]:
     """The process ids of the pool of `workers` workers (empty until it started)."""
     with _pools_lock:
         pool = _pools.get(workers)
-        return sorted(getattr(pool, "_processes", None) or {}) if pool is not None else []
+    return pool.pids() if pool is not None else []
 
 
-def start(workers: int) -> None:
-    """Start the worker processes now; they load madmom's networks in the background."""
-    pool = _pool(workers)
-    for _ in range(workers):
-        pool.submit(_ready)
+def start(workers: int, wait_s: float | None = None) -> None:
+    """Start the worker processes now; they load madmom's networks in the background (`wait_s`: wait up to
+    that long for them to be warm)."""
+    readies = _pool(workers).start()
+    for ready in readies if wait_s else []:
+        ready.result(timeout=wait_s)
 
 
-def analyse_in_worker(kind: str, clip: AudioClip, workers: int) -> BaseModel:
-    """Run one DSP analysis (a kind of `model.dsp.capabilities.CAPABILITIES`) in a worker process."""
+def analyse_in_worker(kind: str, clip: AudioClip, workers: int, abandoned: threading.Event | None = None) -> BaseModel:
+    """Run one DSP analysis (a kind of `model.dsp.capabilities.CAPABILITIES`) in a worker process. When
+    `abandoned` is set (the call timed out) before it finishes, its worker is killed and replaced, so the
+    call's compute slot and memory are free at once (`AnalysisAbandonedError`)."""
     capability(kind)  # refuse an unknown kind here, not in the worker
-    pool = _pool(workers)
-    try:
-        return pool.submit(_analyse, kind, clip).result()
-    except BrokenProcessPool as exc:
-        # A worker died (killed, out of memory): the pool is broken for good, so the next call starts a new one
-        # (unless another call already did) and this one says what happened.
-        with _pools_lock:
-            if _pools.get(workers) is pool:
-                del _pools[workers]
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise BackendError(
-            "A DSP worker process died during the analysis (killed, or out of memory); a new worker is started "
-            "for the next call. Call again, or analyse a shorter window (offset_s/duration_s)."
-        ) from exc
+    return _pool(workers).run(_analyse, kind, clip, abandoned=abandoned)

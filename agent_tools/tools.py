@@ -430,9 +430,16 @@ class MusicTools:
             slots.release()
 
     def _dsp(self, kind: str, clip: AudioClip) -> Callable:
-        """How to compute DSP analysis `kind` of `clip`: in a worker process when configured, else here."""
+        """How to compute DSP analysis `kind` of `clip`: in a worker process when configured, else here.
+
+        A call that times out while its analysis runs: in a worker, the worker is killed and replaced, so the
+        call's compute slot and memory are free at once (`dsp_workers.AnalysisAbandonedError`). Here, in the
+        calling thread, a running madmom analysis cannot be stopped: the call keeps its slot until the analysis
+        ends (its result is cached for the next call), because the CPU and the analyzer's lock really are busy;
+        freeing the slot early would only move the next call's wait to that lock. Only calls still waiting for
+        a slot give it up (`_slot`)."""
         if self.settings.dsp_workers:
-            return lambda: analyse_in_worker(kind, clip, self.settings.dsp_workers)
+            return lambda: analyse_in_worker(kind, clip, self.settings.dsp_workers, call_abandoned.get())
         analyzer = self.analyzer
         return lambda: capabilities.run(analyzer, kind, clip)
 
