@@ -106,3 +106,82 @@ def test_mma_song_labels_match_what_the_analyzer_hears(tmp_path, monkeypatch, an
     tempo = analyzer.tempo(audio)
     heard = [tempo.bpm] + [alt.bpm for alt in tempo.alternatives]
     assert any(abs(bpm / clip.tempo_bpm - 1) < 0.04 for bpm in heard), (heard, clip.tempo_bpm)
+
+
+# ---- the sections benchmark's music21 pieces and its baseline (training/bench/dsp_forms.py) ----------
+
+
+def _score_with_repeat(pickup: bool, endings: bool = False):
+    """A one-part 4/4 score: (pickup +) 2 bars ||: repeated :|| then 3 bars, with or without volta endings."""
+    import music21
+
+    part = music21.stream.Part()
+    part.append(music21.meter.TimeSignature("4/4"))
+    lengths = ([1.0] if pickup else []) + [4.0, 3.0 if pickup else 4.0] + [4.0, 4.0, 4.0]
+    for number, length in enumerate(lengths, start=0 if pickup else 1):
+        bar = music21.stream.Measure(number=number)
+        bar.append(music21.note.Note("C4", quarterLength=length))
+        part.append(bar)
+    bars = list(part.getElementsByClass(music21.stream.Measure))
+    bars[len(lengths) - 4].rightBarline = music21.bar.Repeat(direction="end")
+    if endings:
+        part.insert(0, music21.spanner.RepeatBracket(bars[len(lengths) - 4], number=1))
+    score = music21.stream.Score()
+    score.insert(0, part)
+    return score
+
+
+def test_repeat_form_labels_the_expanded_bar_form_a_a_b():
+    from training.bench.dsp_forms import repeat_form
+
+    assert repeat_form(_score_with_repeat(pickup=False)) == ([0.0, 8.0, 16.0, 28.0], ["A", "A", "B"])
+    # With a 1-beat pickup the Stollen is pickup + 1 bar + the 3-beat bar that the pickup completes.
+    assert repeat_form(_score_with_repeat(pickup=True)) == ([0.0, 8.0, 16.0, 28.0], ["A", "A", "B"])
+    assert repeat_form(_score_with_repeat(pickup=False, endings=True)) is None  # volta endings: not labelled
+
+
+def test_pickups_of_the_expanded_score_are_not_downbeats():
+    import music21
+
+    from training.bench.dsp_forms import _downbeats
+
+    expanded = _score_with_repeat(pickup=True).expandRepeats()
+    measures = list(expanded.parts[0].getElementsByClass(music21.stream.Measure))
+    # bars: pickup(1) 4 3 | pickup(1) 4 3 | 4 4 4, at 1 s per beat
+    assert _downbeats(measures, 4.0, 1.0) == [1.0, 5.0, 9.0, 13.0, 16.0, 20.0, 24.0]
+
+
+def test_a_chorale_with_a_repeat_is_rendered_whole_with_its_form(tmp_path, monkeypatch):
+    from training import corpora
+    from training.bench import dsp_forms
+
+    if not corpora.SECOND_SOUNDFONT.exists():
+        pytest.skip("the TimGM6mb soundfont is not installed")
+    monkeypatch.setattr(dsp_forms, "PIECES", 1)
+    (clip,) = dsp_forms.form_clips(tmp_path)
+    assert [s[2] for s in clip.sections] == list("AAB") and not clip.held_out
+    a1, a2, b = clip.sections
+    assert a1[0] == 0.0 and abs((a1[1] - a1[0]) - (a2[1] - a2[0])) < 2e-3 and b[1] == pytest.approx(clip.duration_s, abs=1e-3)
+    audio = load_audio(tmp_path / clip.path)
+    assert abs(audio.duration_s - clip.duration_s) < 0.1
+    # The music plays to the end of the labelled form (no silent tail from a mislabelled length).
+    tail = audio.samples[int((audio.duration_s - 2.0) * audio.sample_rate):]
+    assert np.sqrt(np.mean(tail ** 2)) > 1e-3
+    assert dsp_forms.form_clips(tmp_path)[0] == clip  # the second call reads the labels back
+
+
+def test_laplacian_baseline_finds_a_blatant_change_and_covers_the_clip():
+    from training.bench.dsp_forms import laplacian_sections
+
+    rate, rng = 22050, np.random.default_rng(0)
+    t = np.arange(int(8 * rate)) / rate
+    clicks = (np.sin(2 * np.pi * 2 * t) > 0.999).astype(float)  # a beat every 0.5 s
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + clicks
+    noise = 0.3 * rng.normal(size=len(t)) + clicks
+    audio = np.concatenate([tone, noise, tone])
+    found = laplacian_sections(audio, rate, k=2)
+    assert found[0][0] == 0.0 and found[-1][1] == pytest.approx(24.0, abs=0.05)
+    assert all(a[1] == b[0] for a, b in zip(found, found[1:]))
+    starts = [s for s, _, _ in found[1:]]
+    assert any(abs(s - 8.0) < 1.0 for s in starts) and any(abs(s - 16.0) < 1.0 for s in starts), found
+    assert found[0][2] != found[1][2]

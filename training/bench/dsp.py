@@ -420,25 +420,60 @@ def calibration_report(clips: list[Clip], estimates: list[dict]) -> dict:
 # ---- sections --------------------------------------------------------------------------------
 
 
-def score_sections(clips: list[Clip], root: Path) -> dict:
-    """Boundary hit rate (0.5 s and 3 s windows) and pairwise label F of ours on clips with known form."""
+SECTION_SYSTEMS = ["ours", "laplacian (librosa, k=3)"]
+
+
+def sections_of(system: str, path: Path, state: dict) -> tuple[list[tuple[float, float, str]], str]:
+    """((start, end, label) sections, form string) of `path` by `system`."""
+    clip = load_audio(path)
+    if system == "ours":
+        if "analyzer" not in state:
+            state["analyzer"] = analyzer_module.MusicAnalyzer()
+        result = state["analyzer"].sections(clip)
+        return [(s.start_s, s.end_s, s.label) for s in result.sections], result.form
+    from training.bench.dsp_forms import laplacian_sections
+
+    small = clip.resampled(22050)  # the gallery's rate
+    found = laplacian_sections(small.samples, small.sample_rate)
+    return found, "".join(label for _, _, label in found)
+
+
+def score_sections(clips: list[Clip], root: Path, system: str = "ours", state: dict | None = None) -> dict:
+    """Boundary hit rate (0.5 s and 3 s windows) and pairwise label F of `system` on clips with known form."""
     import mir_eval
 
-    analyzer = analyzer_module.MusicAnalyzer()
+    state = {} if state is None else state
     hits05, hits3, pairwise, forms = [], [], [], []
     for clip in clips:
-        result = analyzer.sections(load_audio(root / clip.path))
+        found, form = sections_of(system, root / clip.path, state)
         ref_iv = np.array([[a, b] for a, b, _ in clip.sections])
         ref_lab = [label for _, _, label in clip.sections]
-        est_iv = np.array([[s.start_s, s.end_s] for s in result.sections]).reshape(-1, 2)
-        est_lab = [s.label for s in result.sections]
+        est_iv = np.array([[a, b] for a, b, _ in found]).reshape(-1, 2)
+        est_lab = [label for _, _, label in found]
         est_iv, est_lab = mir_eval.util.adjust_intervals(est_iv, est_lab, 0.0, ref_iv[-1, 1], "N", "N")
         hits05.append(mir_eval.segment.detection(ref_iv, est_iv, window=0.5, trim=True)[2])
         hits3.append(mir_eval.segment.detection(ref_iv, est_iv, window=3.0, trim=True)[2])
         pairwise.append(mir_eval.segment.pairwise(ref_iv, ref_lab, est_iv, est_lab)[2])
-        forms.append(f"{clip.name}: {result.form} (truth {''.join(ref_lab)})")
+        forms.append(f"{clip.name}: {form} (truth {''.join(ref_lab)})")
     return {"boundary F@0.5s": float(np.mean(hits05)), "boundary F@3s": float(np.mean(hits3)),
             "pairwise label F": float(np.mean(pairwise)), "n": len(clips), "forms": forms}
+
+
+def sections_report(clips: list[Clip], root: Path) -> tuple[dict, str]:
+    """Every section system on every set and part with a known form: the report and a markdown table."""
+    report, state = {}, {}
+    lines = ["| set | part | n | system | boundary F@0.5 s | boundary F@3 s | pairwise label F |", "|---|---|---|---|---|---|---|"]
+    for set_name in dict.fromkeys(c.set for c in clips):
+        for part, held in (("tuning", False), ("held out", True)):
+            mine = [c for c in clips if c.set == set_name and c.held_out == held]
+            if not mine:
+                continue
+            for system in SECTION_SYSTEMS:
+                r = score_sections(mine, root, system, state)
+                report[f"{set_name} / {part} / {system}"] = r
+                lines.append(f"| {set_name} | {part} | {r['n']} | {system} | {r['boundary F@0.5s']:.3f} | {r['boundary F@3s']:.3f}"
+                             f" | {r['pairwise label F']:.3f} |")
+    return report, "\n".join(lines)
 
 
 # ---- speed and memory ------------------------------------------------------------------------
@@ -523,11 +558,14 @@ def main(argv: list[str] | None = None) -> dict:
         return rows
 
     if args.sections:
-        known = [c for c in load_sets(args.corpora, ["mma"]) if c.sections]
-        report = {part: score_sections([c for c in known if c.held_out == held], args.corpora)
-                  for part, held in (("tuning", False), ("held out", True))}
-        print(json.dumps(report, indent=1))
+        from training.bench.dsp_forms import form_clips
+
+        known = [c for c in load_sets(args.corpora, ["mma"]) + form_clips(args.corpora) if c.sections]
+        report, table = sections_report(known, args.corpora)
+        print(json.dumps({name: r["forms"] for name, r in report.items()}, indent=1))
+        print(table)
         (args.out / "dsp_sections.json").write_text(json.dumps(report, indent=1))
+        (args.out / "dsp_sections.md").write_text(table + "\n")
         return report
 
     clips = [c for c in load_sets(args.corpora, [s for s in args.sets if s != "synth"])]
