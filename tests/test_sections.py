@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -181,7 +182,7 @@ def test_laplacian_baseline_finds_a_blatant_change_and_covers_the_clip():
     audio = np.concatenate([tone, noise, tone])
     found = laplacian_sections(audio, rate, k=2)
     assert found[0][0] == 0.0 and found[-1][1] == pytest.approx(24.0, abs=0.05)
-    assert all(a[1] == b[0] for a, b in zip(found, found[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(found))
     starts = [s for s, _, _ in found[1:]]
     assert any(abs(s - 8.0) < 1.0 for s in starts) and any(abs(s - 16.0) < 1.0 for s in starts), found
     assert found[0][2] != found[1][2]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -153,4 +154,4 @@ def laplacian_sections(samples: np.ndarray, rate: int, k: int = LAPLACIAN_K) -> 
     ids = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(features)
     starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
     edges = starts + [len(ids)]
-    return [(float(times[a]), float(times[b]), chr(ord("A") + int(ids[a]))) for a, b in zip(edges[:-1], edges[1:])]
+    return [(float(times[a]), float(times[b]), chr(ord("A") + int(ids[a]))) for a, b in pairwise(edges)]
