@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(2, ge=1, description="Heavy computations (madmom, the model) at once; "
                                                       "cache hits never wait.")
     dsp_workers: int = Field(0, ge=0, description="0: madmom runs in the calling thread; N: in N worker processes.")
+    cache_lookup_timeout_s: float = Field(5.0, gt=0, description="A cache lookup (opening the file under the roots "
+                                                                   "and checking memory) longer than this is refused "
+                                                                   "with a reason, seconds: a hung file system.")
     preload_model: bool = Field(True, description="Servers load the model in the background at start.")
 
     # -- the model: embedded (checkpoint, device, ...) or a remote service (url, token)

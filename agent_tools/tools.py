@@ -15,12 +15,15 @@ through `agent_tools.context.progress_callback`, a context variable a front end 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import os
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -136,6 +139,15 @@ class CallAbandonedError(BackendError):
 # Set while a front end asks a tool for an answer from memory only (`MusicTools.answer_from_cache`): the tool may
 # open the file under the roots and look its window up in the in-memory cache, nothing more.
 cache_only: ContextVar[bool] = ContextVar("cache_only", default=False)
+
+
+class CacheLookupTimeoutError(BackendError):
+    """A cache lookup did not finish within `cache_lookup_timeout_s` (the file's folder did not answer)."""
+
+
+# Threads of their own for cache lookups, so a lookup never waits for a thread behind analyses, and a file system
+# that hangs an open() stalls at most these threads, never the event loop that serves every other request.
+CACHE_LOOKUP_THREADS = 4
 
 
 class NotCachedError(Exception):
@@ -268,6 +280,7 @@ class MusicTools:
         # the server's CPU per cache hit, 4.5 of the 8.5 ms on a 5 s clip.
         self._windows: OrderedDict[tuple, AudioInfo] = OrderedDict()
         self._windows_lock = threading.Lock()
+        self._lookups = ThreadPoolExecutor(CACHE_LOOKUP_THREADS, thread_name_prefix="tinymu-cache-lookup")
 
     # --- shared plumbing -------------------------------------------------------------
 
@@ -407,6 +420,27 @@ class MusicTools:
         finally:
             call_settings.reset(session)
             cache_only.reset(token)
+
+    async def answer_from_cache_async(self, name: str, kwargs: dict, settings: Settings | None = None):
+        """`answer_from_cache` for a front end's event loop: run in the toolbox's own cache-lookup threads (never
+        behind analyses), within `cache_lookup_timeout_s`. The lookup opens the file, which a hung network file
+        system can block for minutes: on the loop that stalled every request. Raises `CacheLookupTimeoutError`
+        (with what to do) when the lookup takes longer; its thread is left to finish on its own."""
+        if not TOOLS_ANSWERING_FROM_CACHE.get(name):
+            return None
+        timeout = (settings or self.settings).cache_lookup_timeout_s
+        lookup = asyncio.get_running_loop().run_in_executor(
+            self._lookups, functools.partial(self.answer_from_cache, name, kwargs, settings))
+        try:
+            return await asyncio.wait_for(lookup, timeout)
+        except TimeoutError:
+            audio = kwargs.get("audio")
+            what = f"{audio[:200]}: " if isinstance(audio, str) and audio_kind(audio) == "file" else ""
+            raise CacheLookupTimeoutError(
+                f"{what}opening the file to look its answer up took over {timeout:g} s: its folder is not "
+                "answering (a hung or very slow network file system?). Check that the file is reachable, or copy "
+                "it to a local folder; TINYMU_CACHE_LOOKUP_TIMEOUT_S sets this limit."
+            ) from None
 
     @contextmanager
     def computing(self):

@@ -2,8 +2,8 @@
 
 Tools are registered from the shared registry, never redefined here. Each MCP
 tool is a thin async wrapper that gives a cached answer at once when memory has
-it (`MusicTools.answer_from_cache`, on the event loop: no worker thread, slot or
-memory), and otherwise runs the blocking `MusicTools` method in a
+it (`MusicTools.answer_from_cache_async`: in cache-lookup threads of its own,
+with a short timeout; no runner thread, slot or memory), and otherwise runs the blocking `MusicTools` method in a
 worker thread, under a process-wide concurrency limit and a per-call timeout,
 forwards progress to the client, and turns the caller-fixable errors
 (`InputError`) and our own failures (`BackendError`) into tool results with
@@ -278,16 +278,20 @@ def mcp_tool(name: str, method: Callable, runner: ToolRunner, roots: ClientRoots
     """An async MCP tool with exactly the method's parameters, return type and docstring (+ a Context),
     plus a `detail` argument when the result carries timed measurements.
 
-    from_cache(kwargs, settings): the answer if memory has it, else None (`MusicTools.answer_from_cache`)."""
+    from_cache(kwargs, settings): awaitable, the answer if memory has it, else None (`MusicTools.answer_from_cache_async`)."""
     detailed = takes_detail(method)
 
     async def tool(ctx: Context, **kwargs):
         detail = bool(kwargs.pop(DETAIL, False))
         settings = await roots.settings_for(ctx) if roots else None
-        # A cached answer is given right here on the event loop, before the call takes a worker thread, a compute
-        # slot or memory: under load each hop to a thread and back waited for the loop behind every other
-        # request's work (0.25 s to start the thread, 0.65 s for the answer to come back, 100 calls at once).
-        result = from_cache(kwargs, settings) if from_cache is not None else None
+        # A cached answer is given before the call takes a runner thread, a compute slot or memory: under load a
+        # runner thread was started for each call (0.25 s) behind every other request's work. The lookup runs in
+        # warm threads of its own, off the loop, so a file system that hangs an open() stalls only that lookup,
+        # which fails at its own short timeout with a reason.
+        try:
+            result = await from_cache(kwargs, settings) if from_cache is not None else None
+        except BackendError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
         if result is None:
             result = await runner.run(name, method, kwargs, ctx, settings)
         return tool_result(result, detail)
@@ -333,7 +337,7 @@ def build_server(
     for spec in TOOL_SPECS:
         server.add_tool(
             mcp_tool(spec.name, spec.bind(tools), runner, client_roots,
-                     from_cache=functools.partial(tools.answer_from_cache, spec.name) if spec.answers_from_cache
+                     from_cache=functools.partial(tools.answer_from_cache_async, spec.name) if spec.answers_from_cache
                      else None),
             name=spec.name,
             title=spec.title,

@@ -5,6 +5,7 @@ worker processes, real audio files, the real MCP SDK client; the timeout is the 
 from __future__ import annotations
 
 import gc
+import threading
 import time
 
 import anyio
@@ -66,3 +67,50 @@ async def test_a_timed_out_analysis_does_not_make_the_next_call_time_out(songs, 
     assert new and not set(new) & set(old)
     gc.collect()  # the timed-out call's decoded window is released with its traceback
     assert tools.memory.reserved_bytes == 0
+
+
+async def test_a_stalled_cache_lookup_fails_with_a_reason_and_never_stalls_the_server(songs, tmp_path):
+    # A cache lookup opens the file; on a hung network file system that open() blocks. It ran on the event loop,
+    # so one stalled lookup stalled every request. Now it runs in threads of its own with a short timeout. The
+    # stall here is real: the lookup needs the toolbox's lock on its table of known windows, which this test
+    # holds (a hung file system cannot be made without root).
+    settings = Settings(roots=(songs,), cache_dir=tmp_path / "cache", call_timeout_s=60.0, preload_model=False,
+                        cache_lookup_timeout_s=1.0)
+    tools = MusicTools(settings)
+    async with Client(build_server(settings, tools=tools)) as client:
+        first = await client.call_tool("detect_key", {"audio": str(songs / "short.wav")})
+        assert not first.is_error
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lock():  # from another thread, so the code before the fix stalls for 10 s instead of forever
+            with tools._windows_lock:
+                held.set()
+                release.wait(timeout=10)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        held.wait()
+        try:
+            async with anyio.create_task_group() as group:
+                stalled = []
+
+                async def look_up():
+                    began = time.monotonic()
+                    stalled.append(await client.call_tool("detect_key", {"audio": str(songs / "short.wav")}))
+                    stalled.append(time.monotonic() - began)
+
+                group.start_soon(look_up)
+                await anyio.sleep(0.2)
+                started = time.monotonic()
+                listed = await client.call_tool("list_audio_files", {})  # the server still answers others
+                assert not listed.is_error and time.monotonic() - started < 0.9
+        finally:
+            release.set()
+            holder.join()
+        # The held lock stands for the hung open(): released only now, after the stalled call was answered.
+        again = await client.call_tool("detect_key", {"audio": str(songs / "short.wav")})
+    text = stalled[0].content[0].text
+    assert stalled[0].is_error and "took over 1 s" in text and "short.wav" in text, text
+    assert "TINYMU_CACHE_LOOKUP_TIMEOUT_S" in text
+    assert stalled[1] < 3.0, "the stalled call waited for the file system instead of its own timeout"
+    assert not again.is_error and again.structured_content == first.structured_content
