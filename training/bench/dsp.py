@@ -43,6 +43,7 @@ import soundfile as sf
 from model.audio import load_audio
 from model.dsp import analyzer as analyzer_module
 from model.dsp.pitch_names import NEUTRAL as PITCH_CLASSES
+from training.bench.dsp_labels import corrected as corrected_labels
 from training.corpora import Clip, load_sets
 
 SYSTEMS = ["ours", "madmom", "librosa", "essentia bgate", "essentia edma"]
@@ -569,6 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
 
     clips = [c for c in load_sets(args.corpora, [s for s in args.sets if s != "synth"])]
+    clips = corrected_labels(clips, args.out / "dsp_labels_chorale_downbeats.json")  # read from the scores (dsp_labels.py)
     if "synth" in args.sets:
         clips += synth_clips(args.out)
     state: dict = {}
