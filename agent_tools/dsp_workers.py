@@ -41,9 +41,16 @@ class AnalysisAbandonedError(BackendError):
 POLL_S = 0.05  # how soon an abandoned call's worker is killed
 
 
+# Workers run at a lower CPU priority than the server process (niceness added to the server's), so the event
+# loop, which takes in requests and gives cached answers, gets a core when it needs one while analyses fill both.
+# Nice rather than SCHED_IDLE: an idle-class worker starves outright while anything else wants the CPU.
+WORKER_NICENESS = 10
+
+
 def _warm_up(parent: int) -> None:
     from model.dsp.analyzer import default_analyzer
 
+    os.nice(WORKER_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     default_analyzer().warm_up()
 

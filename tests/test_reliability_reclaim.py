@@ -5,6 +5,7 @@ worker processes, real audio files, the real MCP SDK client; the timeout is the 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 
@@ -114,3 +115,11 @@ async def test_a_stalled_cache_lookup_fails_with_a_reason_and_never_stalls_the_s
     assert "TINYMU_CACHE_LOOKUP_TIMEOUT_S" in text
     assert stalled[1] < 3.0, "the stalled call waited for the file system instead of its own timeout"
     assert not again.is_error and again.structured_content == first.structured_content
+
+
+def test_dsp_workers_run_at_a_lower_cpu_priority_than_the_server():
+    # So the server's event loop (requests in, cached answers out) gets a core while analyses fill both.
+    dsp_workers.start(1, wait_s=120)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid in dsp_workers.worker_pids(1):
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, mine + dsp_workers.WORKER_NICENESS)

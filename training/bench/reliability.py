@@ -395,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     if "load" in parts:
         console.print(f"load: rendering clips, then {args.calls} concurrent clients ...")
         workers = args.dsp_workers if args.dsp_workers is not None else Settings.from_env().dsp_workers
+        load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
         result = load(clips_dir, args.calls, args.duration, args.max_concurrency, args.sessions, workers,
                       args.order, args.session_warmup)
+        load_after = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
         sessions = f"{args.sessions} sessions (warm-up: {args.session_warmup})"
         out.print(f"\n[b]2. load[/b]: {args.calls} concurrent analyze_clip calls over HTTP on {sessions}, "
                   f"half cached, half new {args.duration:g} s clips, {args.order} (max_concurrency "
@@ -406,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         for kind, row in result["rows"].items():
             out.print(f"  {kind:<7} calls {row['calls']:4d}  failures {row['failures']:3d}  p50 {row['p50']:7.3f} s  "
                       f"p95 {row['p95']:7.3f} s  max {row['max']:7.3f} s")
+        out.print(f"  load average (1, 5, 15 min) before {' '.join(load_before)}, after {' '.join(load_after)}; "
+                  f"this process's niceness {os.nice(0)}")
         out.print(f"  longest silence in a new call (request, progress notifications, answer): "
                   f"{result['longest_silence_s']:.1f} s (heartbeat every 3 s)")
         failed |= bool(result["errors"]) or result["rows"]["cached"]["p95"] > 0.5
