@@ -199,3 +199,15 @@ def test_chorale_downbeats_keep_only_bar_lines_on_the_scores_bar_grid():
     downbeats = _score_downbeats_s("music21 corpus bwv104.6.mxl", 60.0, 30.0)
     assert downbeats[:5] == [1.0, 5.0, 9.0, 13.0, 17.0]
     assert 16.0 not in downbeats
+
+
+def test_bar_phases_count_downbeats_per_beat_of_the_labelled_bar():
+    from training.bench.dsp import bar_phases
+    from training.corpora import Clip
+
+    beats = [0.5 * i for i in range(16)]
+    truth = Clip(name="x", set="t", path="x.wav", duration_s=8.0, tempo_bpm=120.0, beats_s=beats,
+                 downbeats_s=beats[1::4], beats_per_bar=4)  # a one-beat pickup
+    assert bar_phases(truth, beats[1::4]) == [4, 0, 0, 0, 0]
+    assert bar_phases(truth, beats[3::4]) == [0, 0, 4, 0, 0]  # half a bar late throughout
+    assert bar_phases(truth, [0.25, 2.5]) == [1, 0, 0, 0, 1]  # 0.25 s is on no beat

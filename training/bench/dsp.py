@@ -262,6 +262,41 @@ def errors(clips: list[Clip], estimates: list[dict]) -> list[str]:
     return lines
 
 
+def bar_phases(truth: Clip, downbeats: list[float]) -> list[int]:
+    """How many of `downbeats` fall on each beat of the labelled bar (index 0 = the labelled downbeat),
+    then how many fall on no labelled beat (farther than 0.1 s): a whole-clip phase error shows as one
+    non-zero index, a label one beat off as every system agreeing on the same non-zero index."""
+    beats, bar = np.array(truth.beats_s), truth.beats_per_bar
+    if len(beats) == 0 or not truth.downbeats_s:
+        return []
+    labelled = np.array([int(np.argmin(np.abs(beats - d))) for d in truth.downbeats_s])
+    origin = int(np.bincount(labelled % bar).argmax())
+    counts = [0] * (bar + 1)
+    for t in downbeats:
+        j = int(np.argmin(np.abs(beats - t)))
+        counts[(j - origin) % bar if abs(beats[j] - t) < 0.1 else bar] += 1
+    return counts
+
+
+def phase_report(clips: list[Clip], estimates: dict[str, list[dict]]) -> list[str]:
+    """Per tuning clip with downbeats: each bar-tracking system's downbeat F and its bar_phases."""
+    import mir_eval
+
+    lines = []
+    for i, truth in enumerate(clips):
+        if truth.held_out or "ours" not in estimates or estimates["ours"][i]["downbeats"] is None:
+            continue
+        ref = mir_eval.beat.trim_beats(np.array(truth.downbeats_s))
+        cells = []
+        for label, system, key in (("ours", "ours", "downbeats"), ("DBN phase", "ours", "dbn_downbeats"), ("madmom", "madmom", "downbeats")):
+            if system in estimates and estimates[system][i].get(key) is not None:
+                found = estimates[system][i][key]
+                f = mir_eval.beat.f_measure(ref, mir_eval.beat.trim_beats(np.array(found, dtype=float)))
+                cells.append(f"{label} F {f:.2f} {bar_phases(truth, found)}")
+        lines.append(f"{truth.set}/{truth.name}: " + "; ".join(cells))
+    return lines
+
+
 def synth_clips(out: Path, n: int = 24) -> list[Clip]:
     from training.synth import generate_set
 
@@ -530,6 +565,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed", action="store_true", help="measure CPU and memory instead of accuracy")
     parser.add_argument("--sections", action="store_true", help="score detect_sections on the sets with known form")
     parser.add_argument("--errors", action="store_true", help="list our wrong answers on the tuning parts")
+    parser.add_argument("--phases", action="store_true",
+                        help="per tuning clip: downbeat F and on which beat of the labelled bar each system's downbeats fall")
     parser.add_argument("--tempo-octaves", action="store_true",
                         help="fit a tempo-histogram x listener-prior octave rule on the tuning parts and score it")
     parser.add_argument("--calibrate", action="store_true",
@@ -598,6 +635,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["tempo octaves"] = tempo_octave_study(clips, estimates["ours"])
     if args.calibrate and "ours" in estimates:
         report["calibration"] = calibration_report(clips, estimates["ours"])
+    if args.phases:
+        print("\n".join(phase_report(clips, estimates)))
     if args.errors and "ours" in estimates:
         tuning = [i for i, c in enumerate(clips) if not c.held_out]
         print("\n".join(errors([clips[i] for i in tuning], [estimates["ours"][i] for i in tuning])))
