@@ -16,7 +16,6 @@ through `agent_tools.context.progress_callback`, a context variable a front end 
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import os
 import threading
@@ -425,15 +424,24 @@ class MusicTools:
         """`answer_from_cache` for a front end's event loop: run in the toolbox's own cache-lookup threads (never
         behind analyses), within `cache_lookup_timeout_s`. The lookup opens the file, which a hung network file
         system can block for minutes: on the loop that stalled every request. Raises `CacheLookupTimeoutError`
-        (with what to do) when the lookup takes longer; its thread is left to finish on its own."""
+        (with what to do) when the lookup takes longer; its thread is left to finish on its own. A lookup that
+        could not even start in time (every lookup thread stuck elsewhere) gives None: the ordinary call runs."""
         if not TOOLS_ANSWERING_FROM_CACHE.get(name):
             return None
         timeout = (settings or self.settings).cache_lookup_timeout_s
-        lookup = asyncio.get_running_loop().run_in_executor(
-            self._lookups, functools.partial(self.answer_from_cache, name, kwargs, settings))
+        started = threading.Event()
+
+        def look_up():
+            started.set()
+            return self.answer_from_cache(name, kwargs, settings)
+
         try:
-            return await asyncio.wait_for(lookup, timeout)
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._lookups, look_up), timeout)
         except TimeoutError:
+            if not started.is_set():
+                # Queued behind lookups stuck on another (hung) folder: this file is not the one to blame, so the
+                # call goes the ordinary way (a runner thread, under the call's timeout).
+                return None
             audio = kwargs.get("audio")
             what = f"{audio[:200]}: " if isinstance(audio, str) and audio_kind(audio) == "file" else ""
             raise CacheLookupTimeoutError(

@@ -192,8 +192,10 @@ class ToolRunner:
     """Runs blocking tool methods in worker threads with a timeout, progress and typed errors.
 
     Heavy work is bounded inside the toolbox (`MusicTools.computing`, `max_concurrency` slots held by
-    the worker thread itself), so a call abandoned on timeout keeps its slot until its thread really
-    finishes and timeouts can never pile up unbounded CPU work; cache hits never wait for a slot (those
+    the worker thread itself), so timeouts can never pile up unbounded CPU work: a call abandoned on
+    timeout gives up its place in the queue for a slot, and one whose analysis runs in a DSP worker process
+    has that worker killed and replaced, freeing its slot at once; an analysis running in the thread
+    itself cannot be stopped and keeps its slot until it ends. Cache hits never wait for a slot (those
     memory has are answered before the call reaches the runner, see `mcp_tool`).
     """
 

@@ -123,3 +123,26 @@ def test_dsp_workers_run_at_a_lower_cpu_priority_than_the_server():
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     for pid in dsp_workers.worker_pids(1):
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, mine + dsp_workers.WORKER_NICENESS)
+
+
+async def test_a_lookup_queued_behind_stuck_lookups_goes_the_ordinary_way(songs, tmp_path):
+    # Every lookup thread stuck on another folder (a hung mount elsewhere): a file that is fine is not refused
+    # for it; its call is answered the ordinary way once its lookup could not start within the timeout.
+    from agent_tools.tools import CACHE_LOOKUP_THREADS
+
+    settings = Settings(roots=(songs,), cache_dir=tmp_path / "cache", call_timeout_s=60.0, preload_model=False,
+                        cache_lookup_timeout_s=1.0)
+    tools = MusicTools(settings)
+    release = threading.Event()
+    async with Client(build_server(settings, tools=tools)) as client:
+        first = await client.call_tool("detect_key", {"audio": str(songs / "short.wav")})
+        stuck = [tools._lookups.submit(release.wait, 30) for _ in range(CACHE_LOOKUP_THREADS)]
+        try:
+            started = time.monotonic()
+            again = await client.call_tool("detect_key", {"audio": str(songs / "short.wav")})
+            took = time.monotonic() - started
+        finally:
+            release.set()
+    assert all(future.result(timeout=5) for future in stuck)
+    assert not again.is_error, again.content[0].text
+    assert again.structured_content == first.structured_content and took < 5.0
