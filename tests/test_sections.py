@@ -47,6 +47,29 @@ def test_segment_gives_one_section_when_nothing_changes_or_the_clip_is_short():
     assert short == ([0], ["A"], 0.0)
 
 
+def _phrase(bars: int, rng) -> np.ndarray:
+    """A phrase whose every bar sounds different (a chorale's harmony moves each bar): unit rows."""
+    rows = rng.normal(size=(bars, 36))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_segment_hears_a_written_out_repeat_without_contrast_at_its_middle():
+    rng = np.random.default_rng(4)
+    stollen, abgesang = _phrase(5, rng), _phrase(7, rng)
+    played = np.vstack([stollen, stollen, abgesang]) + 0.05 * rng.normal(size=(17, 36))
+    played /= np.linalg.norm(played, axis=1, keepdims=True)
+    assert form.immediate_repeat(played @ played.T) == (0, 5)
+    starts, letters, _ = form.segment(played)
+    assert starts == [0, 5, 10] and "".join(letters) == "AAB"
+
+
+def test_a_short_phrase_played_twice_is_not_a_section_repeat():
+    rng = np.random.default_rng(5)
+    phrase = _phrase(4, rng)
+    played = np.vstack([phrase, phrase, _phrase(16, rng)])  # 8 of 24 bars: a phrase, not the form
+    assert form.immediate_repeat(played @ played.T) is None
+
+
 @pytest.fixture(scope="module")
 def abab_song(tmp_path_factory):
     """Two really different arrangements at one tempo, played A B A B (8 bars each)."""

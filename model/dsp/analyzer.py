@@ -44,7 +44,7 @@ from model.dsp.results import (
 from model.dsp.stft import with_block_stft
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-6"
+ANALYSIS_VERSION = "dsp-7"
 # Names the networks whose outputs the decision code reads (the benchmark caches those outputs under it).
 NETWORKS_VERSION = "madmom-downbeat8"
 
