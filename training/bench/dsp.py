@@ -4,6 +4,9 @@
     python -m training.bench dsp --errors --tempo-octaves --calibrate   # + our wrong tuning answers, the
                                               # tempo-octave study, the confidence calibration fit and check
     python -m training.bench dsp --speed      # CPU of a 30 s clip, a 198 s and a 240 s song, peak RSS on a 20-minute file
+    python -m training.bench dsp --sections   # detect_sections vs the Laplacian baseline on mma songs and music21
+                                              # chorales with a written repeat (training/bench/dsp_forms.py)
+    python -m training.bench dsp --phases     # per tuning clip: on which beat of the labelled bar downbeats fall
 
 Sets come from `training.corpora` (real recordings with MIDI beat grids, Bach
 chorales and mma songs rendered with a soundfont we do not train on) and
@@ -18,6 +21,9 @@ Systems, all run in this process on the same WAV files and scored with mir_eval:
 - librosa: beat_track, and a Krumhansl profile on CQT chroma for key;
 - essentia: RhythmExtractor2013 (multifeature) for tempo and beats, KeyExtractor with the
   bgate and the edma profiles for key.
+
+Chorale downbeats are read again from each score's bar grid (`training/bench/dsp_labels.py`)
+before anything is scored.
 
 Estimates are cached per system and file (`<out>/dsp_estimates/`), except ours,
 whose cache key includes the analyzer's source so every tuning change reruns it; our
