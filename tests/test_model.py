@@ -406,6 +406,55 @@ def test_clip_context_lets_every_token_see_the_whole_clip(tiny, tmp_path):
         assert torch.equal(loaded.audio_embeddings(tokens), model.audio_embeddings(tokens))
 
 
+def _genre_hinting(engine, favoured: int, strength: float = 20.0):
+    """The engine's tiny model with a clip context whose genre group (rock, jazz, none) gives class
+    `favoured` the most probability, as one engine with the genre hint and one without."""
+    import copy
+    import dataclasses
+
+    from model.lm.engine import MusicLM
+
+    cfg = dataclasses.replace(engine.model.cfg, projector_context_classes=(24, 3), heard_genre_group=1,
+                              heard_genre_words=("rock", "jazz", "none"))
+    model = TinyMU(cfg, copy.deepcopy(engine.model.lm)).eval()
+    with torch.no_grad():
+        model.projector.context_head.weight.zero_()
+        model.projector.context_head.bias.zero_()
+        model.projector.context_head.bias[24 + favoured] = strength
+    plain = copy.deepcopy(model)
+    plain.cfg = dataclasses.replace(cfg, heard_genre_words=())
+    return tuple(MusicLM(m, engine.tokenizer, trained=False, checkpoint=None, device="cpu") for m in (model, plain))
+
+
+def test_genre_hint_is_the_context_classifiers_genre_in_front_of_the_prompt(engine):
+    clip, question = tone_clip(10.0), "What genre is this?"
+    hinting, plain = _genre_hinting(engine, favoured=0)
+    assert hinting.info().hears_genre and not plain.info().hears_genre
+    # The model with the hint answers exactly what the same weights answer to the hinted prompt.
+    hinted = plain.answer(clip, "Heard: genre rock. " + question, max_new_tokens=8)
+    assert hinting.answer(clip, question, max_new_tokens=8) == hinted
+    options = ["rock", "jazz", "orchestral", "electronic"]
+    embeds, heard = hinting._audio_embeds(clip)
+    assert heard == "rock"
+    chosen = hinting.choose(clip, question, options)
+    assert chosen.probabilities == pytest.approx(
+        plain.choose_embedded(embeds, question, options, heard_genre="rock").probabilities, abs=1e-6)
+    assert chosen.probabilities != pytest.approx(
+        plain.choose_embedded(embeds, question, options).probabilities, abs=1e-6)
+    # A prompt with no room for the hint is answered without it, not refused.
+    long_question = " ".join(["music"] * (engine.model.cfg.prompt_length - 3))
+    assert hinting.answer(clip, long_question, max_new_tokens=4) == plain.answer(clip, long_question, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("favoured, strength", [(2, 20.0), (0, 0.0)])
+def test_no_genre_hint_for_none_or_an_unsure_classifier(engine, favoured, strength):
+    """'none' is no genre; equal logits over three classes (p = 1/3) are below HEARD_MIN_PROBABILITY."""
+    hinting, plain = _genre_hinting(engine, favoured, strength)
+    clip = tone_clip(10.0, 330.0)
+    assert hinting._audio_embeds(clip)[1] is None
+    assert hinting.answer(clip, "Describe it.", max_new_tokens=6) == plain.answer(clip, "Describe it.", max_new_tokens=6)
+
+
 def test_delta_checkpoint_over_smollm2(tmp_path):
     """A checkpoint over the offline SmolLM2 stores only the encoder, projector, LoRA
     adapters and the decoder tensors training changed."""

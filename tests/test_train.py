@@ -302,6 +302,56 @@ def test_align_moves_audio_tokens_towards_label_words(tiny_data, tmp_path):
         align(tiny_data, str(init), tmp_path / "bad.safetensors", steps=1, context="song", quiet=True)
 
 
+def test_the_genre_hint_names_the_genre_classes_in_the_order_the_classifier_numbers_them(tiny_data, tmp_path):
+    from model.errors import InputError
+    from model.lm.checkpoints import load_checkpoint, save_checkpoint
+    from model.lm.smollm2 import load_tokenizer
+    from training.align import SLOTS, align, clip_labels_in, slot_token_ids
+
+    init = save_checkpoint(build_model(preset("tiny")), tmp_path / "init.safetensors", trained=False)
+    align(tiny_data, str(init), tmp_path / "hint.safetensors", steps=2, batch=3, context="clip", hear_genre=True,
+          quiet=True)
+    model, _ = load_checkpoint(tmp_path / "hint.safetensors")
+    assert sorted(model.cfg.heard_genre_words) == ["bossa", "rock", "waltz"]  # the three training clips' genres
+    assert model.cfg.projector_context_classes[model.cfg.heard_genre_group] == 3
+    # Class i is the i-th genre token in id order, as align numbers the classifier's targets.
+    tokenizer = load_tokenizer(model.cfg.lm_weights)
+    style = SLOTS.index("style")
+    by_token = sorted((slot_token_ids(tokenizer, clip)[style], clip.style) for clip in clip_labels_in(tiny_data).values())
+    assert model.cfg.heard_genre_words == tuple(word for _, word in by_token)
+    with pytest.raises(InputError, match="needs the clip context"):
+        align(tiny_data, str(init), tmp_path / "bad.safetensors", steps=1, context="key", hear_genre=True, quiet=True)
+
+
+def test_training_states_the_true_genre_and_doubts_an_open_genre_answer_without_it():
+    import random
+
+    from training import qa_templates as T
+    from training.train import HEARD_DROP, add_heard_genre
+
+    labels = {f"c{i}.wav": ClipLabels(file_name=f"c{i}.wav", style=style)
+              for i, style in enumerate(["rock", "jazz", None])}
+    rng = random.Random(0)
+    records = [{"file_name": f"c{rng.randrange(3)}.wav", "task": task, "input_text": "What genre is this?",
+                "target_text": "It is rock.", "meta": {"attribute": "style"}}
+               for task in ["open_qa", "multiple_choice"] * 500]
+    hinted = add_heard_genre(records, labels, ("jazz", "rock", "waltz"), seed=0)
+    stated = [h for h in hinted if h["input_text"].startswith("Heard: genre ")]
+    for record, out in zip(records, hinted):
+        genre = labels[record["file_name"]].style
+        if out in stated:  # only ever the clip's own genre, in front of the prompt as the engine puts it
+            assert out["input_text"] == f"Heard: genre {genre}. What genre is this?"
+        else:
+            assert out["input_text"] == record["input_text"]
+        unsure = any(out["target_text"].endswith(p) for p in T.UNSURE_GENRE)
+        assert unsure == (out not in stated and record["task"] == "open_qa")
+    known = [r for r in records if labels[r["file_name"]].style]
+    assert 1 - len(stated) / len(known) == pytest.approx(HEARD_DROP, abs=0.04)
+    # A hint that would not fit the prompt layout is left out.
+    assert not any(h["input_text"].startswith("Heard") for h in
+                   add_heard_genre(records, labels, ("jazz", "rock"), seed=0, fits=lambda text: len(text) < 25))
+
+
 def test_labelled_layout_puts_each_slot_name_before_its_value():
     from model.lm.smollm2 import load_tokenizer
     from training.align import (

@@ -123,6 +123,16 @@ def slot_token_ids(tokenizer, labels: ClipLabels) -> list[int]:
     return [_first_token(tokenizer, word) for word in slot_words(labels)]
 
 
+def class_words(tokenizer, labels: dict[str, ClipLabels], slot: str) -> tuple[str, ...]:
+    """The words of one slot's context classes, in class order (the order of their first tokens,
+    as `align` numbers them)."""
+    k = SLOTS.index(slot)
+    word_of = {}
+    for clip in labels.values():
+        word_of.setdefault(slot_token_ids(tokenizer, clip)[k], slot_words(clip)[k])
+    return tuple(word_of[token] for token in sorted(word_of))
+
+
 def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
     """Labels of the clips of one split, keyed by the `file_name` the records use.
 
@@ -185,7 +195,7 @@ def true_word_ids(tokenizer, labels: ClipLabels, n_tokens: int) -> torch.Tensor:
 
 def align(data: Path, init: str, out: Path, *, steps: int = STEPS, batch: int = 32, lr: float = 1e-3,
           temperature: float = 0.05, seed: int = 0, features_file: Path | None = None, word_readout: bool = False,
-          labelled: bool = False, context: str = "none", quiet: bool = False) -> dict:
+          labelled: bool = False, context: str = "none", hear_genre: bool = False, quiet: bool = False) -> dict:
     """Train the projector of checkpoint `init` on the slot words of the training clips in
     `data` (never the test split); write the checkpoint `out`; return measurements,
     including each slot's held-out accuracy (the slot's word read from the clip's tokens).
@@ -197,7 +207,9 @@ def align(data: Path, init: str, out: Path, *, steps: int = STEPS, batch: int = 
     `context`: "key": the projector also reads the clip's key posterior; "clip": the posterior
     of every slot's attribute (the key standing for tonic and mode; `CONTEXT_KINDS`), from
     classifiers over the clip's mean token that this stage trains on the labels (cross-entropy
-    added to the loss; `TinyMUConfig.projector_context_classes`, set here)."""
+    added to the loss; `TinyMUConfig.projector_context_classes`, set here).
+    `hear_genre` (with the clip context): the engine states the genre the context's classifier
+    hears in front of each prompt (`TinyMUConfig.heard_genre_words`, set here)."""
     if context not in CONTEXT_KINDS:
         raise InputError(f"context must be one of {', '.join(CONTEXT_KINDS)}, not {context!r}")
     torch.manual_seed(seed)
@@ -308,12 +320,19 @@ def align(data: Path, init: str, out: Path, *, steps: int = STEPS, batch: int = 
               "train_slot_accuracy": slot_accuracy(train[:len(val) * 2])[0],
               "slot_choices": {slot: len(c) for slot, c in zip(SLOTS, choices)}, "labelled": labelled,
               "context": context, "seconds": round(time.time() - started, 1)}
+    if hear_genre:
+        if "style" not in groups:
+            raise InputError("the genre hint needs the clip context, whose classifier hears the genre: use --context clip "
+                             "or turn the hint off (--no-hear-genre)")
+        model.cfg.heard_genre_group = groups.index("style")
+        model.cfg.heard_genre_words = class_words(tokenizer, labels, "style")
     if word_readout:
         model.cfg.audio_vocabulary = tuple(int(w) for w in words)
         model.cfg.audio_vocabulary_temperature = temperature
     save_checkpoint(model, out, trained=False,
                     notes=f"{header.notes}; align steps={steps}{'; word read-out' if word_readout else ''}"
-                          f"{'; labelled slots' if labelled else ''}{f'; {context} context' if groups else ''}")
+                          f"{'; labelled slots' if labelled else ''}{f'; {context} context' if groups else ''}"
+                          f"{'; genre hint' if hear_genre else ''}")
     Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -335,11 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context", choices=tuple(CONTEXT_KINDS), default="none",
                    help="clip-level posteriors the projector also reads (classifiers trained here): "
                         "the key, or every slot's attribute")
+    p.add_argument("--hear-genre", action="store_true",
+                   help="state the genre the clip context hears in front of each prompt (needs --context clip)")
     a = p.parse_args(argv)
     print(json.dumps(align(a.data, a.init, a.out, steps=a.steps, batch=a.batch, lr=a.lr,
                            temperature=a.temperature, seed=a.seed,
                            features_file=a.features, word_readout=a.word_readout, labelled=a.labelled,
-                           context=a.context), indent=1))
+                           context=a.context, hear_genre=a.hear_genre), indent=1))
 
 
 if __name__ == "__main__":

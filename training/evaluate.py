@@ -121,8 +121,8 @@ def _text_only(engine):
     from model.lm.engine import MusicLM
 
     class TextOnlyLM(MusicLM):
-        def _audio_embeds(self, audio: np.ndarray) -> torch.Tensor:
-            return torch.zeros(0, self.model.cfg.lm.hidden_size, device=self.device, dtype=self.dtype)
+        def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, None]:
+            return torch.zeros(0, self.model.cfg.lm.hidden_size, device=self.device, dtype=self.dtype), None
 
     clone = object.__new__(TextOnlyLM)
     clone.__dict__.update(engine.__dict__)

@@ -212,6 +212,9 @@ FAMILY_GROUPS = (
 # ear alone is wrong on those often enough that it should say so (and the caller can ask the DSP).
 UNSURE = ("I could not measure this, so I may be wrong.", "That is my guess; it was not measured.",
           "I am not sure of this without a measurement.", "This is only what it sounds like to me.")
+# Said after a genre answer when the model's clip classifier was not sure enough to hint one
+# (training.train.add_heard_genre): the words of doubt that do not speak of a measurement.
+UNSURE_GENRE = UNSURE[3:]
 
 # LLark's filters: generated or imported text containing these is dropped.
 BANNED_PHRASES = ("metadata", "based on the provided", "cannot determine", "it is difficult to determine",

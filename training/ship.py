@@ -88,6 +88,9 @@ class ShipConfig:
     word_readout: bool = True  # the decoder reads audio tokens as mixtures of slot-word embeddings
     labelled_slots: bool = True  # each slot's value word follows its name word ("genre waltz mode minor ...")
     context: str = "clip"  # clip-level posteriors the projector also reads: "none", "key" or "clip" (every slot's)
+    # The engine states the genre the clip context hears in front of each prompt, and the LM stage trains
+    # with that hint (training.train.add_heard_genre): round 23's decoder ignored the context's genre.
+    hear_genre: bool = True
     train_steps: int = 600
     train_batch: int = 8
     # Free-form tasks too: trained on multiple choice and yes/no only, the model answered every
@@ -178,7 +181,8 @@ def ship(cfg: ShipConfig) -> dict:
         from training.align import align
 
         align(data, str(encoder_ckpt), aligned_ckpt, steps=cfg.align_steps, seed=cfg.seed, features_file=features,
-              word_readout=cfg.word_readout, labelled=cfg.labelled_slots, context=cfg.context)
+              word_readout=cfg.word_readout, labelled=cfg.labelled_slots, context=cfg.context,
+              hear_genre=cfg.hear_genre)
 
     def train_lm():
         from training.train import TrainConfig, train

@@ -48,6 +48,7 @@ from model.errors import InputError
 from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig, preset
 from model.lm.measurements import Measurements
 from model.lm.network import TinyMU, build_model
+from model.lm.prompts import with_heard_genre
 from training import qa_templates as T
 from training.features import encode_clips
 from training.labels import ClipLabels, read_labels
@@ -178,6 +179,37 @@ def add_measurements(records: list[dict], labels: dict[str, ClipLabels], share: 
         prompt = measured_prompt(record["task"], record["input_text"], record.get("meta"), readings)
         measured.append({**record, "input_text": prompt, "target_text": hedged_target(record, readings, rng)})
     return measured
+
+
+# How often the genre hint (TinyMUConfig.heard_genre_words) is left out in training: the engine states
+# it only when its clip classifier is sure, so the model must answer without it too, and an open genre
+# answer without it says it is unsure. A stated hint is always the clip's true genre: a hint that is
+# sometimes wrong teaches the decoder to overrule it with its own ear, which on real recordings is at
+# chance for genre (round 23), the lesson round 21 taught for the measurement sentence.
+HEARD_DROP = 0.15
+
+
+def add_heard_genre(records: list[dict], labels: dict[str, ClipLabels], words: tuple[str, ...], seed: int,
+                    fits=lambda text: True) -> list[dict]:
+    """Each record's prompt with 'Heard: genre X.' in front, as the engine puts it there: X is the
+    clip's genre word when it is one of `words`, left out now and then (HEARD_DROP) and where the
+    hinted prompt would not `fit` the layout."""
+    from training.align import naming_word
+
+    rng = random.Random(seed + 2)
+    hinted = []
+    for record in records:
+        clip = labels.get(record["file_name"])
+        word = naming_word(clip.style) if clip is not None and clip.style else None
+        genre = word if word in words and rng.random() >= HEARD_DROP else None
+        prompt = with_heard_genre(record["input_text"], genre)
+        if not fits(prompt):
+            genre, prompt = None, record["input_text"]
+        target = record["target_text"]
+        if genre is None and record.get("task") == "open_qa" and (record.get("meta") or {}).get("attribute") == "style":
+            target = f"{target} {rng.choice(T.UNSURE_GENRE)}"
+        hinted.append({**record, "input_text": prompt, "target_text": target})
+    return hinted
 
 
 def balance_attributes(records: list[dict], per_group: int, seed: int) -> list[dict]:
@@ -426,9 +458,14 @@ def train(cfg: TrainConfig) -> dict:
         records = read_records(find_split(Path(cfg.data), split))
         if cfg.tasks:
             records = [r for r in records if r.get("task") in cfg.tasks]
+        if cfg.measured_share <= 0 and not model.cfg.heard_genre_words:
+            return records
+        labels = {clip.file_name: clip for clip in read_labels(Path(cfg.data), split)}
         if cfg.measured_share > 0:
-            labels = {clip.file_name: clip for clip in read_labels(Path(cfg.data), split)}
             records = add_measurements(records, labels, cfg.measured_share, cfg.seed)
+        if model.cfg.heard_genre_words:
+            records = add_heard_genre(records, labels, model.cfg.heard_genre_words, cfg.seed, fits=lambda text: len(
+                tokenizer(text, add_special_tokens=False).input_ids) < model.cfg.prompt_length)
         return records
 
     train_records = load_split("train")

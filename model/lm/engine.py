@@ -33,7 +33,7 @@ from model.lm import decoding
 from model.lm.config import preset
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
 from model.lm.network import TinyMU, build_model
-from model.lm.prompts import CAPTION_PROMPT
+from model.lm.prompts import CAPTION_PROMPT, HEARD_MIN_PROBABILITY, with_heard_genre
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class ModelInfo(BaseModel):
     trained_audio_s: float = Field(description="clip length the model was trained on (reference: first 10 s)")
     reads_measurements: bool = Field(False, description="trained to read the DSP measurements of the clip before "
                                      "the question (model.lm.measurements); callers should give them")
+    hears_genre: bool = Field(False, description="states the genre its clip classifier hears in front of each "
+                              "prompt (model.lm.prompts.with_heard_genre); nothing for callers to do")
     note: str = ""
 
 
@@ -171,9 +173,17 @@ class MusicLM:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _audio_embeds(self, audio: np.ndarray) -> torch.Tensor:
+    def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, str | None]:
+        """The clip's tokens in the decoder's space [T, 576], and the genre its clip classifier hears
+        (None without a genre hint or when unsure)."""
         wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
-        return self.model.audio_embeddings(self.model.encode_audio(wave))[0]
+        tokens = self.model.encode_audio(wave)
+        return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens, HEARD_MIN_PROBABILITY)[0]
+
+    def _hinted_prompt_tokens(self, text: str, genre: str | None) -> list[int]:
+        """The prompt's ids with the genre hint in front; without it when the hint would not fit."""
+        ids = self._tokens(with_heard_genre(text, genre))
+        return ids if len(ids) <= self.model.cfg.prompt_length else self._prompt_tokens(text)
 
     # -- the MusicModel interface ----------------------------------------------------
     def answer(self, audio: np.ndarray, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -189,9 +199,12 @@ class MusicLM:
             return []
         if not 1 <= max_new_tokens <= 512:
             raise InputError("max_new_tokens must be between 1 and 512")
-        prompts = [self._prompt_tokens(_check_question(q)) for _, q in items]
+        questions = [_check_question(q) for _, q in items]
+        for question in questions:
+            self._prompt_tokens(question)  # too long: refused before any audio is encoded
         with self._lock, torch.inference_mode():
-            embeds = [self._audio_embeds(audio) for audio, _ in items]
+            embeds, genres = zip(*(self._audio_embeds(audio) for audio, _ in items))
+            prompts = [self._hinted_prompt_tokens(q, g) for q, g in zip(questions, genres)]
             prefix = self.model.build_prefix(embeds, prompts)
             start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
             out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
@@ -225,15 +238,17 @@ class MusicLM:
         if method != "loglik":
             raise InputError("method must be 'loglik' or 'generate'")
         with self._lock, torch.inference_mode():
-            embeds = self._audio_embeds(audio)
-        return self.choose_embedded(embeds, question, options, length_normalize=length_normalize)
+            embeds, genre = self._audio_embeds(audio)
+        return self.choose_embedded(embeds, question, options, length_normalize=length_normalize, heard_genre=genre)
 
     def choose_embedded(self, embeds: torch.Tensor, question: str, options: list[str], *,
-                        length_normalize: bool = True) -> Choice:
+                        length_normalize: bool = True, heard_genre: str | None = None) -> Choice:
         """`choose(method="loglik")` from audio tokens already in the decoder's space [T, 576]
-        (e.g. the projected feature cache of training.sweep)."""
+        (e.g. the projected feature cache of training.sweep), with the clip's genre hint if any."""
         question, options = _check_question(question), _check_options(options)
-        prompt = self._prompt_tokens(build_prompt(question, options))
+        prompt = build_prompt(question, options)
+        self._prompt_tokens(prompt)  # too long: refused with the reason
+        prompt = self._hinted_prompt_tokens(prompt, heard_genre)
         candidates = [self._tokens(o)[: self.model.cfg.target_length - 1] for o in options]
         with self._lock, torch.inference_mode():
             prefix = self.model.build_prefix([embeds], [prompt])
@@ -256,6 +271,7 @@ class MusicLM:
             dtype=str(self.dtype).removeprefix("torch.") + ("+int8" if self.quantize else ""), parameters=self.parameters,
             audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
             trained_audio_s=self.model.cfg.audio_seconds, reads_measurements=self.model.cfg.reads_measurements,
+            hears_genre=bool(self.model.cfg.heard_genre_words),
             note=self.caveat if self.trained else UNTRAINED_NOTE,
         )
 
