@@ -181,7 +181,8 @@ class MusicLM:
         return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens, HEARD_MIN_PROBABILITY)[0]
 
     def _hinted_prompt_tokens(self, text: str, genre: str | None) -> list[int]:
-        """The prompt's ids with the genre hint in front; without it when the hint would not fit."""
+        """The prompt's ids with the genre hint in front; without it when the hint would not fit (and refused,
+        with the reason, when the prompt alone does not)."""
         ids = self._tokens(with_heard_genre(text, genre))
         return ids if len(ids) <= self.model.cfg.prompt_length else self._prompt_tokens(text)
 
@@ -246,9 +247,7 @@ class MusicLM:
         """`choose(method="loglik")` from audio tokens already in the decoder's space [T, 576]
         (e.g. the projected feature cache of training.sweep), with the clip's genre hint if any."""
         question, options = _check_question(question), _check_options(options)
-        prompt = build_prompt(question, options)
-        self._prompt_tokens(prompt)  # too long: refused with the reason
-        prompt = self._hinted_prompt_tokens(prompt, heard_genre)
+        prompt = self._hinted_prompt_tokens(build_prompt(question, options), heard_genre)
         candidates = [self._tokens(o)[: self.model.cfg.target_length - 1] for o in options]
         with self._lock, torch.inference_mode():
             prefix = self.model.build_prefix([embeds], [prompt])
