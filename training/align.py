@@ -123,16 +123,6 @@ def slot_token_ids(tokenizer, labels: ClipLabels) -> list[int]:
     return [_first_token(tokenizer, word) for word in slot_words(labels)]
 
 
-def class_words(tokenizer, labels: dict[str, ClipLabels], slot: str) -> tuple[str, ...]:
-    """The words of one slot's context classes, in class order (the order of their first tokens,
-    as `align` numbers them)."""
-    k = SLOTS.index(slot)
-    word_of = {}
-    for clip in labels.values():
-        word_of.setdefault(slot_token_ids(tokenizer, clip)[k], slot_words(clip)[k])
-    return tuple(word_of[token] for token in sorted(word_of))
-
-
 def clip_labels_in(data: Path, split: str = "train") -> dict[str, ClipLabels]:
     """Labels of the clips of one split, keyed by the `file_name` the records use.
 
@@ -324,8 +314,10 @@ def align(data: Path, init: str, out: Path, *, steps: int = STEPS, batch: int = 
         if "style" not in groups:
             raise InputError("the genre hint needs the clip context, whose classifier hears the genre: use --context clip "
                              "or turn the hint off (--no-hear-genre)")
+        style = SLOTS.index("style")
+        word_of = {slot_ids[n][style]: slot_words(labels[n])[style] for n in names}
         model.cfg.heard_genre_group = groups.index("style")
-        model.cfg.heard_genre_words = class_words(tokenizer, labels, "style")
+        model.cfg.heard_genre_words = tuple(word_of[token] for token in choices[style])  # in class order
     if word_readout:
         model.cfg.audio_vocabulary = tuple(int(w) for w in words)
         model.cfg.audio_vocabulary_temperature = temperature
