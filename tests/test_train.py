@@ -352,6 +352,40 @@ def test_training_states_the_true_genre_and_doubts_an_open_genre_answer_without_
                    add_heard_genre(records, labels, ("jazz", "rock"), seed=0, fits=lambda text: len(text) < 25))
 
 
+def test_captions_state_only_what_the_prompt_told_and_what_the_ear_hears():
+    from training import qa_templates as T
+    from training.train import add_heard_genre, add_measurements, ground_captions
+
+    clips = {f"c{i}.wav": ClipLabels(file_name=f"c{i}.wav", tempo_bpm=150.0, meter="3/4", key_tonic="F#", mode="minor",
+                                     chords=("F#m", "D", "A", "E"), instruments=("Violin", "Cello"),
+                                     lead_instrument="Violin", style="rock", has_drums=False, energy="high")
+             for i in range(40)}
+    records = [{"file_name": name, "task": task, "input_text": "Describe this music.", "target_text": "Old.",
+                "meta": {"attribute": "caption" if task == "captioning" else "chords"}}
+               for name in clips for task in ("captioning", "open_qa")]
+    told = add_heard_genre(add_measurements(records, clips, share=0.7, seed=0), clips, ("rock", "jazz"), seed=0)
+    grounded = ground_captions(told, clips, seed=0, readings=True, genre=True)
+    captions = [r for r in grounded if r["task"] == "captioning"]
+    assert len(captions) == len(clips)  # the ear's facts (instruments, drums, energy) leave something to say
+    seen = {"key": 0, "tempo": 0, "genre": 0}
+    for record in captions:
+        prompt, text = record["input_text"], record["target_text"]
+        assert ("F# minor" in text) == ("key F# minor" in prompt)
+        assert ("150 BPM" in text) == ("tempo 150 BPM" in prompt)
+        assert ("rock" in text) == prompt.startswith("Heard: genre rock.")
+        assert "F#m" not in text and "chords" not in text  # no prompt states the chords
+        assert "violin" in text.lower() and any(no in text for no in T.CAPTION_DRUMS[False])
+        seen["key"] += "F# minor" in text
+        seen["tempo"] += "150 BPM" in text
+        seen["genre"] += "rock" in text
+    assert all(0 < count < len(captions) for count in seen.values()), seen  # both cases occur
+    # An open answer about chords always says it is unsure; nothing measures them for the prompt.
+    assert all(r["target_text"] != "Old." for r in grounded if r["task"] == "open_qa")
+    # Without measurements in training, the readings stay in the caption as labelled.
+    plain = ground_captions(records, clips, seed=0, readings=False, genre=False)
+    assert all("F# minor" in r["target_text"] and "rock" in r["target_text"] for r in plain if r["task"] == "captioning")
+
+
 def test_labelled_layout_puts_each_slot_name_before_its_value():
     from model.lm.smollm2 import load_tokenizer
     from training.align import (
