@@ -1,6 +1,6 @@
 """The fact check of free-form answers: what a text states, and whether it is true of a clip."""
 
-from training.factcheck import FactCount, is_yes_no, stated_facts, verdict
+from training.factcheck import FactCount, is_yes_no, score_text, stated_facts, verdict
 from training.labels import ClipLabels
 
 CLIP = ClipLabels(file_name="a.wav", style="orchestral", tempo_bpm=70.0, key_tonic="D", mode="minor", has_drums=False)
@@ -28,3 +28,11 @@ def test_yes_no_replies_are_recognised():
     assert is_yes_no("No, that's not right.") and is_yes_no("Yes, definitely.") and is_yes_no("No.")
     assert not is_yes_no("Yes, there are drums and a bright brass section playing the melody.")
     assert not is_yes_no("An orchestral piece.")
+
+
+def test_facts_in_a_reply_that_says_it_is_unsure_are_also_counted_apart():
+    counts, doubted = FactCount(), FactCount()
+    score_text("It is rock. This is only what it sounds like to me.", CLIP, counts, doubted)
+    score_text("A slow orchestral piece.", CLIP, counts, doubted)
+    assert (counts.true, counts.false) == (2, 1)  # the headline counts the guess too
+    assert (doubted.true, doubted.false) == (0, 1)

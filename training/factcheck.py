@@ -23,6 +23,7 @@ from pathlib import Path
 import typer
 
 from training.labels import MODES, PITCH_CLASSES, ClipLabels, pitch_class, read_labels
+from training.qa import says_unsure
 
 GENRES = ("orchestral", "electronic", "rock", "jazz", "pop", "punk", "ballad", "chamber", "funk", "march", "bossa",
           "reggae", "house", "hiphop", "hip hop", "country", "waltz", "folk", "classical", "metal", "techno")
@@ -100,6 +101,18 @@ def verdict(attribute: str, value: str, clip: ClipLabels) -> bool | None:
     return None
 
 
+def score_text(text: str, clip: ClipLabels, counts: FactCount, doubted: FactCount) -> None:
+    """Every fact `text` states, scored into `counts`, and into `doubted` too when the text says it is unsure."""
+    for attribute, value in stated_facts(text):
+        counts.add(attribute, verdict(attribute, value, clip))
+        if says_unsure(text):
+            doubted.add(attribute, verdict(attribute, value, clip))
+
+
+def _share(true: int, false: int) -> float | None:
+    return true / (true + false) if true + false else None
+
+
 def is_yes_no(text: str) -> bool:
     """A reply that is only a yes/no phrase ("No, that's not right.", "Yes, definitely.")."""
     return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
@@ -112,7 +125,9 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure
     from training.dataset import load_clip
     from training.evaluate import Measurer
 
-    counts, replies, yes_no, examples = FactCount(), 0, 0, []
+    # Facts in a reply that says it is unsure are counted in the headline too, and also apart:
+    # a guess marked as a guess misleads less than one stated flatly.
+    counts, doubted, replies, yes_no, examples = FactCount(), FactCount(), 0, 0, []
     rng = random.Random(seed)
     if measure is None:
         measure = engine.info().reads_measurements
@@ -124,8 +139,7 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure
         caption = engine.answer(audio, with_measurements(CAPTION_PROMPT, readings), max_new_tokens=96).strip()
         answers = [engine.answer(audio, with_measurements(question, readings)).strip() for question in WHAT_QUESTIONS]
         for text in [caption, *answers]:
-            for attribute, value in stated_facts(text):
-                counts.add(attribute, verdict(attribute, value, clip))
+            score_text(text, clip, counts, doubted)
         replies += len(answers) + 1
         yes_no += sum(is_yes_no(text) for text in [caption, *answers])
         examples.append({"file": clip.file_name, "measured": readings.sentence() if readings else "", "labels": {"style": clip.style, "tempo_class": clip.tempo_class,
@@ -135,7 +149,9 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure
     rng.shuffle(shown)
     return {"clips": len(clips), "facts_true": counts.true, "facts_false": counts.false,
             "facts_unverifiable": counts.unverifiable, "share_true": counts.share_true,
-            "by_attribute": counts.by_attribute, "replies": replies, "yes_no_replies": yes_no,
+            "by_attribute": counts.by_attribute, "doubted_true": doubted.true, "doubted_false": doubted.false,
+            "share_true_without_doubt": _share(counts.true - doubted.true, counts.false - doubted.false),
+            "replies": replies, "yes_no_replies": yes_no,
             "share_yes_no": yes_no / replies if replies else None, "shown": shown[:10], "answers": examples}
 
 
@@ -159,7 +175,8 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
     share = report["share_true"]
     typer.echo(f"{report['clips']} clips: {report['facts_true']} of {report['facts_true'] + report['facts_false']} "
                f"checkable facts true ({'-' if share is None else f'{100 * share:.1f} %'}), "
-               f"{report['facts_unverifiable']} unverifiable; yes/no replies {report['yes_no_replies']} of "
+               f"{report['facts_unverifiable']} unverifiable ({report['doubted_true'] + report['doubted_false']} "
+               f"checkable facts in replies that say they are unsure); yes/no replies {report['yes_no_replies']} of "
                f"{report['replies']}; wrote {target}")
 
 
