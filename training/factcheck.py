@@ -178,6 +178,18 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
                f"{report['facts_unverifiable']} unverifiable ({report['doubted_true'] + report['doubted_false']} "
                f"checkable facts in replies that say they are unsure); yes/no replies {report['yes_no_replies']} of "
                f"{report['replies']}; wrote {target}")
+    typer.echo(captions_table(report["shown"]))
+
+
+def captions_table(shown: list[dict]) -> str:
+    """The shown clips' captions as a Markdown table, verbatim, beside what was measured and labelled."""
+    rows = ["| clip | measured (given to the model) | labels | caption, verbatim |", "|---|---|---|---|"]
+    for example in shown:
+        labels = ", ".join(example["labels"][name] for name in ("style", "tempo_class", "key") if example["labels"][name])
+        measured = example["measured"].removeprefix("Measured: ").rstrip(".") or "-"
+        caption = example["caption"].replace("|", "/")
+        rows.append(f"| {Path(example['file']).stem[:28]} | {measured} | {labels} | {caption} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
