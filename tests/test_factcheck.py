@@ -36,3 +36,12 @@ def test_facts_in_a_reply_that_says_it_is_unsure_are_also_counted_apart():
     score_text("A slow orchestral piece.", CLIP, counts, doubted)
     assert (counts.true, counts.false) == (2, 1)  # the headline counts the guess too
     assert (doubted.true, doubted.false) == (0, 1)
+
+
+def test_captions_are_shown_verbatim_in_a_table():
+    from training.factcheck import captions_table
+
+    shown = [{"file": "pkg/audio/real/song-1.wav", "measured": "Measured: key D minor.", "caption": "A slow piece | in D minor.",
+              "labels": {"style": "orchestral", "tempo_class": None, "key": "D minor", "mode": "minor"}}]
+    table = captions_table(shown).splitlines()
+    assert len(table) == 3 and table[2] == "| song-1 | key D minor | orchestral, D minor | A slow piece / in D minor. |"
