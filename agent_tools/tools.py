@@ -80,6 +80,7 @@ from model.audio import (
     AudioLimits,
     load_audio,
 )
+from model.cancel import cancel_event
 from model.dsp import capabilities
 from model.dsp.analyzer import MusicAnalyzer, default_analyzer
 from model.errors import BackendError, InputError, ModelServiceError
@@ -122,8 +123,10 @@ Options = Annotated[
 ]
 
 # Set by a front end for each call; set() means the caller gave up (the call timed out), so the call's
-# thread starts no more heavy work and gives its place in the queue for a compute slot to live calls.
-call_abandoned: ContextVar[threading.Event | None] = ContextVar("call_abandoned", default=None)
+# thread starts no more heavy work and gives its place in the queue for a compute slot to live calls. It is
+# the model layer's cancellation token itself (`model.cancel`), so a madmom analysis or a generation running in
+# the call's thread stops at its next stage boundary too and gives its slot and memory back.
+call_abandoned: ContextVar[threading.Event | None] = cancel_event
 
 
 # Set by a front end for each call of a session whose client named its roots: that session's settings
@@ -476,10 +479,10 @@ class MusicTools:
 
         A call that times out while its analysis runs: in a worker, the worker is killed and replaced, so the
         call's compute slot and memory are free at once (`dsp_workers.AnalysisAbandonedError`). Here, in the
-        calling thread, a running madmom analysis cannot be stopped: the call keeps its slot until the analysis
-        ends (its result is cached for the next call), because the CPU and the analyzer's lock really are busy;
-        freeing the slot early would only move the next call's wait to that lock. Only calls still waiting for
-        a slot give it up (`_slot`)."""
+        calling thread, the analyzer checks `call_abandoned` between its stages (each network step, each
+        window) and stops at the next one (`model.cancel.ComputationCancelled`), which releases the analyzer's
+        lock, the memory reservation and the slot; the features computed so far stay in the analyzer's memo, so
+        a retry of the same window goes on from there."""
         if self.settings.dsp_workers:
             return lambda: analyse_in_worker(kind, clip, self.settings.dsp_workers, call_abandoned.get())
         analyzer = self.analyzer

@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
+from model import cancel
 from model.audio import MADMOM_RATE, AudioClip
 from model.dsp import sections as form
 from model.dsp.pitch_names import key_name, pitch_class, respell_chord, root_names
@@ -165,7 +166,11 @@ class MusicAnalyzer:
     def analyze(self, clip: AudioClip) -> ClipAnalysis:
         """All analyses at once, sharing one beat activation and one chroma computation."""
         with self._lock:  # one clip's features stay in the memo until all four are done
-            tempo, beats, key, chords = self.tempo(clip), self.beats(clip), self.key(clip), self.chords(clip)
+            tempo, beats = self.tempo(clip), self.beats(clip)
+            cancel.check("the key")
+            key = self.key(clip)
+            cancel.check("the chords")
+            chords = self.chords(clip)
         if clip.is_silent:
             summary = "Silent audio: no tempo, beats, key or chords found."
         else:
@@ -216,6 +221,7 @@ class MusicAnalyzer:
     @staticmethod
     def _get(feats: dict, name: str):
         if name not in feats:
+            cancel.check(f"the {name} network")
             # OpenBLAS' second thread spin-waits on each small filterbank product: on a 4-minute song
             # it doubled the spectrograms' CPU (0.83 -> 0.37 s for one 100 fps spectrogram of 120 s).
             from threadpoolctl import threadpool_limits
@@ -231,6 +237,7 @@ class MusicAnalyzer:
         if "tempo" in feats:
             return feats
         activation = self._get(feats, "activation")
+        cancel.check("beat tracking")
         beats, tracked_meter, feats["dbn_downbeats"] = _track_in_windows(self._procs()["downbeat_dbn"], activation)
         feats["dbn_beats"] = beats  # the benchmark compares the DBN's own bar phase with ours
         beats, tempo = _correct_tempo(beats, activation)
@@ -294,6 +301,7 @@ class MusicAnalyzer:
 
     def _estimate_sections(self, clip: AudioClip, feats: dict) -> SectionsResult:
         rhythm = self._rhythm(clip)
+        cancel.check("the sections")
         offset, end = clip.offset_s, clip.duration_s
         beats = rhythm.get("beats_array")
         if beats is None or len(beats) < 2:
@@ -318,7 +326,9 @@ class MusicAnalyzer:
     # ---- chords ----------------------------------------------------------------
 
     def _estimate_chords(self, clip: AudioClip, feats: dict, root_spelling: list[str]) -> ChordsResult:
-        raw = self._procs()["chord_crf"](self._get(feats, "chord_features"))
+        features = self._get(feats, "chord_features")
+        cancel.check("the chord CRF")
+        raw = self._procs()["chord_crf"](features)
         segments = [(float(s), float(e), respell_chord(str(label), root_spelling)) for s, e, label in raw]
         end = clip.duration_s
         beats = self._rhythm(clip).get("beats_array")
@@ -351,16 +361,43 @@ def _build_processors() -> dict:
     from madmom.features.key import CNNKeyRecognitionProcessor
     from madmom.models import CHORDS_CNN_FEAT, KEY_CNN
 
-    # Every spectrogram chain gets the block STFT (bit-identical output; model/dsp/stft.py).
+    # Every spectrogram chain gets the block STFT (bit-identical output; model/dsp/stft.py), and a stop check
+    # before each of its steps (`_stoppable`).
     return {
-        "downbeat_rnn": with_block_stft(RNNDownBeatProcessor(intra_op_num_threads=ONNX_THREADS)),
+        "downbeat_rnn": _stoppable(with_block_stft(RNNDownBeatProcessor(intra_op_num_threads=ONNX_THREADS))),
         "downbeat_dbn": DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=DBN_FPS),
-        "deep_chroma": with_block_stft(DeepChromaProcessor(intra_op_num_threads=ONNX_THREADS)),
+        "deep_chroma": _stoppable(with_block_stft(DeepChromaProcessor(intra_op_num_threads=ONNX_THREADS))),
         # These two do not pass thread options on to their networks: reload the network in their chain.
-        "key_cnn": with_block_stft(_with_network(CNNKeyRecognitionProcessor(), KEY_CNN)),
-        "chord_cnn": with_block_stft(_with_network(CNNChordFeatureProcessor(), CHORDS_CNN_FEAT)),
+        "key_cnn": _stoppable(with_block_stft(_with_network(CNNKeyRecognitionProcessor(), KEY_CNN))),
+        "chord_cnn": _stoppable(with_block_stft(_with_network(CNNChordFeatureProcessor(), CHORDS_CNN_FEAT))),
         "chord_crf": CRFChordRecognitionProcessor(),
     }
+
+
+def _stop_check(data):
+    """A pass-through step of a madmom chain: stops there when the call was abandoned (`model.cancel`)."""
+    cancel.check("the next step of a network chain")
+    return data
+
+
+def _stoppable(processor):
+    """`processor` with a stop check before every step of its chains and before each network of its ensembles,
+    so a call that times out in the server's own threads stops within one step (on a 170 s clip the longest
+    step, the chord CNN's network, takes 0.6 s; the whole downbeat network 3 s) and frees its compute slot.
+    The steps themselves are madmom's, unchanged: the checks are extra steps that return their input."""
+    from madmom.processors import ParallelProcessor, SequentialProcessor
+
+    children = getattr(processor, "processors", None)
+    if not isinstance(processor, (SequentialProcessor, ParallelProcessor)) or not children:
+        return processor
+    steps = [_stoppable(step) for step in children]
+    if isinstance(processor, ParallelProcessor):  # each branch (e.g. one network of an ensemble) checks first
+        steps = [step if isinstance(step, SequentialProcessor) else SequentialProcessor([_stop_check, step])
+                 for step in steps]
+    else:
+        steps = [checked for step in steps for checked in (_stop_check, step)]
+    processor.processors = steps if isinstance(children, list) else type(children)(steps)
+    return processor
 
 
 def _with_network(chain, model_files: list[str]):
@@ -398,6 +435,7 @@ def _in_windows(processor, signal, fps: int) -> np.ndarray:
     starts = list(range(0, len(signal) - overlap, step))
     parts = []
     for n, start in enumerate(starts):
+        cancel.check("a feature window")
         out = processor(Signal(np.asarray(signal[start:start + window]), sample_rate=rate))
         first = 0 if n == 0 else int(round(FEATURE_OVERLAP_S / 2 * fps))
         last = len(out) if n == len(starts) - 1 else int(round((step / rate + FEATURE_OVERLAP_S / 2) * fps))
@@ -428,6 +466,7 @@ def _track_in_windows(dbn, activation: np.ndarray) -> tuple[np.ndarray, int, np.
     stride = window - overlap
     starts = list(range(0, len(activation) - overlap, stride))
     for n, start in enumerate(starts):
+        cancel.check("a beat-tracking window")
         tracked = dbn(activation[start:start + window])
         if not len(tracked):
             continue

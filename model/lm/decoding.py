@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from model import cancel
 from model.lm.config import EOS_ID, PAD_ID
 from model.lm.network import Batch, TinyMU
 
@@ -64,6 +65,8 @@ def generate(model: TinyMU, prefix: Batch, target_start: torch.Tensor, *, max_ne
     out = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=mask.device)
     for step in range(max_new_tokens):
+        # A call that timed out stops here, between two tokens, and frees its compute slot (model.cancel).
+        cancel.check("the next token")
         token = _next_token(logits, temperature, top_p, generator)
         for i in range(batch):
             if not done[i]:
@@ -98,6 +101,7 @@ def score_options(model: TinyMU, prefix: Batch, target_start: int, options: list
         opt_mask[i, : len(t)] = 1
     scores = first_logits[0, ids[:, 0]]
     if length > 1:
+        cancel.check("scoring the options")
         # Feed all but the last target token; position j predicts token j + 1.
         mask = torch.cat([prefix.attention_mask.expand(k, -1), opt_mask[:, :-1]], dim=1)
         positions = (target_start + torch.arange(length - 1, device=device)).expand(k, -1)

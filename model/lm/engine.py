@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from model import cancel
 from model.errors import (
     AudioTooShortError,
     InputError,
@@ -178,6 +179,7 @@ class MusicLM:
         (None without a genre hint or when unsure)."""
         wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
         tokens = self.model.encode_audio(wave)
+        cancel.check("the decoder")  # a call that timed out while its audio was encoded stops here
         return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens, HEARD_MIN_PROBABILITY)[0]
 
     def _hinted_prompt_tokens(self, text: str, genre: str | None) -> list[int]:
