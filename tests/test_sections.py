@@ -212,14 +212,18 @@ def test_laplacian_baseline_finds_a_blatant_change_and_covers_the_clip():
 
 
 def test_chorale_downbeats_keep_only_bar_lines_on_the_scores_bar_grid():
-    from training.bench.dsp_labels import _score_downbeats_s, bar_grid_downbeats
+    import music21
+
+    from training.corpora import bar_grid_downbeats
 
     # pickup(1) 4 4 4 3 | pickup(1) 4 ...: the 1-beat measure at 16 is the fourth beat of a bar.
     measures = [(0.0, 1.0), (1.0, 4.0), (5.0, 4.0), (9.0, 4.0), (13.0, 3.0), (16.0, 1.0), (17.0, 4.0)]
     assert bar_grid_downbeats(measures, 4.0) == [1.0, 5.0, 9.0, 13.0, 17.0]
     assert bar_grid_downbeats([(0.0, 3.0), (3.0, 3.0)], 3.0) == [0.0, 3.0]  # no pickup
     # The real score: bwv104.6 splits its fifth bar at the first phrase's end (3 + 1 beats).
-    downbeats = _score_downbeats_s("music21 corpus bwv104.6.mxl", 60.0, 30.0)
+    score = music21.corpus.parse("bach/bwv104.6.mxl")
+    measures = [(float(m.offset), float(m.duration.quarterLength)) for m in score.parts[0].getElementsByClass(music21.stream.Measure)]
+    downbeats = bar_grid_downbeats(measures, 4.0)
     assert downbeats[:5] == [1.0, 5.0, 9.0, 13.0, 17.0]
     assert 16.0 not in downbeats
 

@@ -158,6 +158,25 @@ def planetblupi_clips(out: Path) -> list[Clip]:
     return clips
 
 
+# Chorale labels are rebuilt from the score (audio kept) when a cached entry was made by an older rule.
+# "bar grid": downbeats are the measures on the score's bar grid (see bar_grid_downbeats).
+CHORALE_LABELS = "bar grid"
+
+
+def bar_grid_downbeats(measures: list[tuple[float, float]], bar_quarters: float) -> list[float]:
+    """Offsets (quarter notes) of the measures that start a bar, from (offset, length) of each measure.
+
+    music21's Bach chorales split a bar at most phrase ends (a 3-beat measure with the fermata, then
+    a 1-beat measure that is the next phrase's pickup), so "every measure after the opening pickup"
+    would label that pickup a downbeat. A measure starts a bar only when it lies on the grid that
+    the opening pickup (a first measure shorter than a bar) sets, which is what the meter says.
+    """
+    if not measures:
+        return []
+    pickup = measures[0][1] if measures[0][1] < bar_quarters else 0.0
+    return [offset for offset, _ in measures if offset >= pickup and (offset - pickup) % bar_quarters < 1e-6]
+
+
 def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
     """Bach chorales from music21's corpus, rendered with the second soundfont."""
     import music21
@@ -174,7 +193,7 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         if len(clips) == n:
             break
         name = Path(str(path)).stem.replace(".", "_")
-        if name in cached:
+        if name in cached and cached[name]["notes"].get("labels") == CHORALE_LABELS:
             clips.append(Clip(**cached[name]))
             continue
         score = music21.corpus.parse(path)
@@ -185,6 +204,8 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         signature = score.recurse().getElementsByClass(music21.key.KeySignature).first()
         if meter is None or signature is None or meter.denominator != 4 or meter.numerator not in (3, 4):
             continue
+        if len({m.ratioString for m in score.recurse().getElementsByClass(music21.meter.TimeSignature)}) != 1:
+            continue  # one bar grid could not describe it
         bass = [n for n in parts[-1].recurse().notes if n.isNote]
         major = signature.asKey("major")
         minor = signature.asKey("minor")
@@ -202,10 +223,8 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         if len(tempi) != 1 or abs(tempi[0] - bpm) > 0.01:
             continue  # the label would not describe the audio
         beat_s = 60.0 / bpm
-        first = parts[0].getElementsByClass(music21.stream.Measure)
-        # A pickup bar (number 0 or shorter than the meter) is not a downbeat; bars after it are.
-        downbeats = [float(m.offset) * beat_s for m in first
-                     if m.number >= 1 and not (m is first[0] and m.duration.quarterLength < meter.barDuration.quarterLength)]
+        measures = [(float(m.offset), float(m.duration.quarterLength)) for m in parts[0].getElementsByClass(music21.stream.Measure)]
+        downbeats = [q * beat_s for q in bar_grid_downbeats(measures, float(meter.barDuration.quarterLength))]
         end = min(EXCERPT_S, midi.get_end_time())
         beats = np.arange(0.0, end, beat_s)
         wav = out / "chorales" / f"{name}.wav"
@@ -214,7 +233,8 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         clip = Clip(name=name, set="chorales", path=str(wav.relative_to(out)), duration_s=round(end, 3), tempo_bpm=bpm,
                     beats_s=[round(float(b), 4) for b in beats], downbeats_s=[round(d, 4) for d in downbeats if d < end],
                     beats_per_bar=meter.numerator, key=f"{key.tonic.name.replace('-', 'b')} {key.mode}",
-                    held_out=len(clips) % 4 == 3, source=f"music21 corpus {path.name if hasattr(path, 'name') else path}")
+                    held_out=len(clips) % 4 == 3, source=f"music21 corpus {path.name if hasattr(path, 'name') else path}",
+                    notes={"labels": CHORALE_LABELS})
         cached[name] = asdict(clip)
         labels_file.parent.mkdir(parents=True, exist_ok=True)
         labels_file.write_text(json.dumps(cached))

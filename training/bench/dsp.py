@@ -22,8 +22,7 @@ Systems, all run in this process on the same WAV files and scored with mir_eval:
 - essentia: RhythmExtractor2013 (multifeature) for tempo and beats, KeyExtractor with the
   bgate and the edma profiles for key.
 
-Chorale downbeats are read again from each score's bar grid (`training/bench/dsp_labels.py`)
-before anything is scored.
+Chorale downbeats are the measures on each score's bar grid (`training.corpora.bar_grid_downbeats`).
 
 Estimates are cached per system and file (`<out>/dsp_estimates/`), except ours,
 whose cache key includes the analyzer's source so every tuning change reruns it; our
@@ -49,7 +48,6 @@ import soundfile as sf
 from model.audio import load_audio
 from model.dsp import analyzer as analyzer_module
 from model.dsp.pitch_names import NEUTRAL as PITCH_CLASSES
-from training.bench.dsp_labels import corrected as corrected_labels
 from training.corpora import Clip, load_sets
 
 SYSTEMS = ["ours", "madmom", "librosa", "essentia bgate", "essentia edma"]
@@ -613,7 +611,6 @@ def main(argv: list[str] | None = None) -> dict:
         return report
 
     clips = [c for c in load_sets(args.corpora, [s for s in args.sets if s != "synth"])]
-    clips = corrected_labels(clips, args.out / "dsp_labels_chorale_downbeats.json")  # read from the scores (dsp_labels.py)
     if "synth" in args.sets:
         clips += synth_clips(args.out)
     state: dict = {}
