@@ -204,6 +204,11 @@ def window_decode_bytes(readable, offset_s: float, duration_s: float | None) -> 
     return frames * 4 * (1 + (channels if whole else 0))
 
 
+def argument_window(audio: str, offset_s, duration_s) -> tuple:
+    """A call's `audio` argument and window, as the tools' defaults read them."""
+    return (audio, float(offset_s or 0.0), None if duration_s is None else float(duration_s))
+
+
 def analysis_bytes(clip: AudioClip, limits: AudioLimits) -> int:
     """What analysing the decoded `clip` costs beyond its samples (see AudioLimits.window_bytes)."""
     frames = len(clip.samples)
@@ -282,6 +287,10 @@ class MusicTools:
         # the server's CPU per cache hit, 4.5 of the 8.5 ms on a 5 s clip.
         self._windows: OrderedDict[tuple, AudioInfo] = OrderedDict()
         self._windows_lock = threading.Lock()
+        # The `audio` arguments (as sent, with their window) whose file was decoded here: only those can be in
+        # `_windows`, so a lookup for any other is skipped on the event loop (see `answer_from_cache_async`).
+        self._decoded_arguments: OrderedDict[tuple, None] = OrderedDict()
+        self._arguments_lock = threading.Lock()  # for writers; the event loop reads without it (see there)
         self._lookups = ThreadPoolExecutor(CACHE_LOOKUP_THREADS, thread_name_prefix="tinymu-cache-lookup")
 
     # --- shared plumbing -------------------------------------------------------------
@@ -328,10 +337,12 @@ class MusicTools:
         (False: only the model listens, to the first seconds, so decoding is all that counts)."""
         report_progress(0, 3, "fetching audio")
         resolved = resolve_audio(audio, self.settings)
-        return self._decode(resolved, offset_s, duration_s, dsp)
+        return self._decode(resolved, offset_s, duration_s, dsp, audio)
 
-    def _decode(self, resolved, offset_s: float, duration_s: float | None, dsp: bool) -> tuple[AudioClip, AudioInfo]:
-        """`load` once the audio is resolved: decode its window within the memory budget (closes `resolved`)."""
+    def _decode(self, resolved, offset_s: float, duration_s: float | None, dsp: bool,
+                audio: str | None = None) -> tuple[AudioClip, AudioInfo]:
+        """`load` once the audio is resolved: decode its window within the memory budget (closes `resolved`).
+        `audio`: the argument as sent, remembered with the window (`_decoded_arguments`)."""
         if cache_only.get():  # never heavy work where only a lookup was asked for (e.g. on an event loop)
             resolved.close()
             raise NotCachedError("decoding is not a cache lookup")
@@ -372,6 +383,13 @@ class MusicTools:
                 self._windows[window] = info
                 while len(self._windows) > WINDOWS_REMEMBERED:
                     self._windows.popitem(last=False)
+            if audio is not None:
+                key = argument_window(audio, offset_s, duration_s)
+                with self._arguments_lock:
+                    self._decoded_arguments[key] = None
+                    self._decoded_arguments.move_to_end(key)
+                    while len(self._decoded_arguments) > WINDOWS_REMEMBERED:
+                        self._decoded_arguments.popitem(last=False)
         return clip, info
 
     def _measured(self, kind: str, audio: str, offset_s: float, duration_s: float | None):
@@ -400,7 +418,7 @@ class MusicTools:
         except BaseException:
             resolved.close()
             raise
-        clip, info = self._decode(resolved, offset_s, duration_s, dsp=True)
+        clip, info = self._decode(resolved, offset_s, duration_s, True, audio)
         return self.measure(kind, clip), info
 
     def answer_from_cache(self, name: str, kwargs: dict, settings: Settings | None = None):
@@ -431,6 +449,10 @@ class MusicTools:
         could not even start in time (every lookup thread stuck elsewhere) gives None: the ordinary call runs."""
         if not TOOLS_ANSWERING_FROM_CACHE.get(name):
             return None
+        if not self.may_answer_from_cache(kwargs):
+            # Never decoded here: memory cannot have it. Skipping the hop to a lookup thread and back saves the
+            # event loop two turns per new call; under load those turns delayed the cached calls queued behind.
+            return None
         timeout = (settings or self.settings).cache_lookup_timeout_s
         started = threading.Event()
 
@@ -452,6 +474,18 @@ class MusicTools:
                 "answering (a hung or very slow network file system?). Check that the file is reachable, or copy "
                 "it to a local folder; TINYMU_CACHE_LOOKUP_TIMEOUT_S sets this limit."
             ) from None
+
+    def may_answer_from_cache(self, kwargs: dict) -> bool:
+        """False when a call's `audio` argument was never decoded here with this window, so `answer_from_cache`
+        would find nothing (no system call: safe on an event loop). True does not promise an answer: the file
+        may have changed, or a relative path may name another file in another session."""
+        audio = kwargs.get("audio")
+        if not isinstance(audio, str):
+            return False
+        key = argument_window(audio, kwargs.get("offset_s", 0.0), kwargs.get("duration_s"))
+        # No lock: the event loop must never wait for a thread; a membership test is one atomic dict operation
+        # under the GIL, and a write racing with it only makes this call go the ordinary way.
+        return key in self._decoded_arguments
 
     @contextmanager
     def computing(self):

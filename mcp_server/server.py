@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextvars
 import functools
 import hmac
 import inspect
@@ -28,6 +29,7 @@ import time
 import typing
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -202,6 +204,14 @@ class ToolRunner:
     def __init__(self, timeout_s: float, max_calls_in_flight: int = 64):
         self.timeout_s = timeout_s
         self._threads = anyio.CapacityLimiter(max_calls_in_flight)
+        # Threads of the runner's own, all started now. anyio's pool started a thread on the event loop for each
+        # call that found none idle, and Thread.start() waits until the new thread runs: under load (the GIL
+        # shared with two analyses) that was 3 ms of the loop per new call, in front of every request behind
+        # it. Twice the calls in flight: timed-out calls leave the limiter at once but keep their thread until
+        # their work reaches its next stop check (or a hung file system answers); beyond that, threads start
+        # on demand as before.
+        self._pool = ThreadPoolExecutor(2 * max_calls_in_flight, thread_name_prefix="tinymu-call")
+        start_threads(self._pool, max_calls_in_flight)
 
     async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None,
                   settings: Settings | None = None):
@@ -239,7 +249,10 @@ class ToolRunner:
 
         try:
             with anyio.fail_after(self.timeout_s):
-                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=self._threads)
+                async with self._threads:
+                    # Cancelled (timed out): a job not yet started never starts, a running one is left to stop at
+                    # its next check of `abandoned`, as anyio's abandon_on_cancel did.
+                    return await asyncio.wrap_future(self._pool.submit(contextvars.copy_context().run, job))
         except TimeoutError:
             abandoned.set()
             raise ToolError(
@@ -255,6 +268,14 @@ class ToolRunner:
             # the call, and log the traceback for the operator.
             log.exception("%s failed unexpectedly", name)
             raise ToolError(unexpected_error_message(name, exc)) from exc
+
+
+def start_threads(pool: ThreadPoolExecutor, count: int) -> None:
+    """Start `count` threads of `pool` now (an executor starts one per submission that finds none idle)."""
+    everyone = threading.Barrier(count + 1)
+    for _ in range(count):
+        pool.submit(everyone.wait)  # each waits, so the next submission finds no idle thread and starts one
+    everyone.wait()
 
 
 def unexpected_error_message(name: str, exc: BaseException) -> str:

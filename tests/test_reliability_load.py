@@ -1,0 +1,79 @@
+"""Issue 21, cached calls under load: what the event loop does per call, besides answering cache hits.
+
+Traced under load (docs/reliability.md, the load section), the loop spent per new call a hop to a cache-lookup
+thread and back for a lookup that could only miss, and a Thread.start() when anyio's pool had no idle thread;
+every cached call behind them in the loop's queue waited for both. Each test fails on the code before
+(`3fba9a4`): there the new file's lookup waited for a lookup thread (the timeout, then the ordinary way), and
+each concurrent call started a thread of its own from the loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+from mcp import Client
+
+from agent_tools.config import Settings
+from agent_tools.tools import CACHE_LOOKUP_THREADS, MusicTools
+from mcp_server.server import ToolRunner, build_server
+from training.synth import write_song
+
+
+async def test_a_file_never_decoded_is_not_looked_up_in_a_thread(tmp_path):
+    write_song(tmp_path, seed=31, duration_s=4.0, name="known", style="pop")
+    write_song(tmp_path, seed=32, duration_s=4.0, name="new", style="pop")
+    settings = Settings(roots=(tmp_path,), cache_dir=tmp_path / "cache", call_timeout_s=60.0, preload_model=False,
+                        cache_lookup_timeout_s=2.0)
+    tools = MusicTools(settings)
+    release = threading.Event()
+    async with Client(build_server(settings, tools=tools)) as client:
+        first = await client.call_tool("detect_key", {"audio": str(tmp_path / "known.wav")})
+        assert not first.is_error
+        # Every lookup thread busy: a lookup would have to queue for one.
+        stuck = [tools._lookups.submit(release.wait, 30) for _ in range(CACHE_LOOKUP_THREADS)]
+        try:
+            started = time.monotonic()
+            skipped = await tools.answer_from_cache_async("detect_key", {"audio": str(tmp_path / "new.wav")})
+            took = time.monotonic() - started
+            other_window = await tools.answer_from_cache_async(
+                "detect_key", {"audio": str(tmp_path / "known.wav"), "offset_s": 1.0})
+        finally:
+            release.set()
+        assert skipped is None and other_window is None
+        assert took < 0.5, f"the lookup of a never-decoded file waited {took:.2f} s for a lookup thread"
+        # A window decoded before is still looked up (and answered) from memory.
+        hit = await tools.answer_from_cache_async("detect_key", {"audio": str(tmp_path / "known.wav")})
+        again = await client.call_tool("detect_key", {"audio": str(tmp_path / "new.wav")})
+    assert all(future.result(timeout=5) for future in stuck)
+    assert hit is not None and hit.key.key == first.structured_content["key"]["key"]
+    assert not again.is_error
+    assert tools.may_answer_from_cache({"audio": str(tmp_path / "new.wav")})
+
+
+async def test_concurrent_calls_start_no_thread_on_the_event_loop():
+    runner = ToolRunner(timeout_s=30.0)
+    calls = 24
+    everyone = threading.Barrier(calls + 1)
+    before = threading.active_count()
+    counted = []
+
+    def in_a_thread():  # each call holds its thread until all of them run at once
+        everyone.wait(timeout=20)
+        return threading.get_ident()
+
+    async def count_when_all_run():
+        await anyio.to_thread.run_sync(lambda: (everyone.wait(timeout=20), counted.append(threading.active_count())))
+
+    async with anyio.create_task_group() as group:
+        names = []
+
+        async def one():
+            names.append(await runner.run("in_a_thread", in_a_thread, {}, None))
+
+        for _ in range(calls):
+            group.start_soon(one)
+        group.start_soon(count_when_all_run)
+    assert len(names) == calls and len(set(names)) == calls
+    # At most the counting helper's thread (and one of anyio's) started: the runner's were all started with it.
+    assert counted[0] - before <= 2, f"{counted[0] - before} threads were started during the burst"
