@@ -196,8 +196,9 @@ class ToolRunner:
     Heavy work is bounded inside the toolbox (`MusicTools.computing`, `max_concurrency` slots held by
     the worker thread itself), so timeouts can never pile up unbounded CPU work: a call abandoned on
     timeout gives up its place in the queue for a slot, and one whose analysis runs in a DSP worker process
-    has that worker killed and replaced, freeing its slot at once; an analysis running in the thread
-    itself cannot be stopped and keeps its slot until it ends. Cache hits never wait for a slot (those
+    has that worker killed and replaced, freeing its slot at once; an analysis or a generation running in the
+    thread itself stops at its next stage boundary (`model.cancel`: the abandonment event is its token) and
+    gives its slot back there. Cache hits never wait for a slot (those
     memory has are answered before the call reaches the runner, see `mcp_tool`).
     """
 
