@@ -129,10 +129,30 @@ def test_bar_length_is_the_trackers_and_the_phase_follows_the_downbeat_activatio
     for i, t in enumerate(beats):
         activation[int(round(t * ACTIVATION_FPS)), 0 if (i - 2) % 3 else 1] = 0.9  # downbeats on beats 2, 5, 8, ...
     chroma = np.ones((140, 12))  # no harmonic change: the activation decides
-    meter, phase, confidence = _choose_bar(beats, activation, chroma, 3)
-    assert (meter, phase) == (3, 2) and confidence > 0.5
-    meter, _, confidence_4 = _choose_bar(beats, activation, chroma, 4)  # the tracker said 4: kept, but doubted
+    meter, phase, confidence, phase_confidence = _choose_bar(beats, activation, chroma, 3)
+    assert (meter, phase) == (3, 2) and confidence > 0.5 and phase_confidence > 0.5
+    meter, _, confidence_4, _ = _choose_bar(beats, activation, chroma, 4)  # the tracker said 4: kept, but doubted
     assert meter == 4 and confidence_4 < 0.5
+
+
+def test_bass_notes_on_one_beat_of_the_bar_choose_the_phase_the_activation_leaves_open():
+    from model.dsp.analyzer import ACTIVATION_FPS, _choose_bar
+    from model.dsp.bar_phase import bass_evidence
+
+    rate, beat_s = 44100, 0.5
+    beats = np.arange(1, 25) * beat_s
+    t = np.arange(int(13 * rate)) / rate
+    audio = 0.01 * np.sin(2 * np.pi * 880 * t)  # a quiet tone above the bass band
+    for b in beats[1::4]:  # a 55 Hz bass note held for two beats from beats 1, 5, 9, ...
+        held = (t >= b) & (t < b + 2 * beat_s)
+        audio[held] += 0.5 * np.sin(2 * np.pi * 55 * (t[held] - b))
+    bass = bass_evidence(audio, rate, beats)
+    assert bass["bass_onset"][1::4].min() > bass["bass_onset"][np.arange(24) % 4 != 1].max()
+    assert bass["bass_energy"][1::4].min() > bass["bass_energy"][3::4].max()
+    activation = np.zeros((int(14 * ACTIVATION_FPS), 2))
+    activation[np.round(beats * ACTIVATION_FPS).astype(int), 1] = 0.5  # every beat alike: no phase
+    meter, phase, _, phase_confidence = _choose_bar(beats, activation, np.ones((140, 12)), 4, bass)
+    assert (meter, phase) == (4, 1) and phase_confidence > 0.5
 
 
 def test_fetch_debian_reuses_an_extracted_package_and_explains_a_failure(tmp_path):

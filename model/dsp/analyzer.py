@@ -42,10 +42,11 @@ from model.dsp.results import (
     TempoCandidate,
     TempoResult,
 )
+from model.dsp.bar_phase import bass_evidence
 from model.dsp.stft import with_block_stft
 
 # Bump whenever an algorithm or parameter changes results: it is part of every cache key.
-ANALYSIS_VERSION = "dsp-7"
+ANALYSIS_VERSION = "dsp-8"
 # Names the networks whose outputs the decision code reads (the benchmark caches those outputs under it).
 NETWORKS_VERSION = "madmom-downbeat8"
 
@@ -65,7 +66,13 @@ CHROMA_FPS = 10  # madmom's deep chroma and chord networks
 MAJOR_PROFILE = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400])
 MINOR_PROFILE = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
 PROFILE_WEIGHT = 10.0  # log-odds per unit of profile correlation; results are flat for 5-40 on the benchmark
-HARMONY_WEIGHT = 0.75  # weight of harmonic change against downbeat activation when choosing bar phase (tuned: docs/dsp.md)
+# Bar phase: downbeat activation + these weights x harmonic change, bass onset and bass level on the
+# candidate downbeats (model.dsp.bar_phase). Chosen on the tuning parts only, at the middle of the
+# plateau where every set's tuning downbeat F is at its best and no set's is worse than with the
+# activation + 0.75 x harmonic change rule of dsp-7 (docs/dsp.md, "Bar phase from the bass").
+HARMONY_WEIGHT = 1.25
+BASS_ONSET_WEIGHT = 0.5
+BASS_ENERGY_WEIGHT = 0.25
 HALF_TEMPO_RATIO = 0.5  # weaker beats below this fraction of the stronger ones are off-beats
 DOUBLE_TEMPO_RATIO = 0.7  # activation between beats above this fraction of that on beats: beats were missed
 MIN_KEY_CONFIDENCE = 0.4  # below this the key posterior is too flat to report a key (a lone sine scores 0.3)
@@ -247,7 +254,11 @@ class MusicAnalyzer:
         feats.setdefault("raw_confidence", {})["tempo"] = tempo.confidence  # the benchmark fits the calibration on these
         tempo = _with_tempo_confidence(tempo, calibrated("tempo", tempo.confidence))
         chroma = self._get(feats, "chroma")
-        beats_per_bar, phase, meter_confidence = _choose_bar(beats, activation, chroma, tracked_meter)
+        cancel.check("the bass evidence")
+        signal = feats["signal"]
+        bass = bass_evidence(signal, signal.sample_rate, beats)
+        beats_per_bar, phase, meter_confidence, feats["raw_confidence"]["phase"] = _choose_bar(
+            beats, activation, chroma, tracked_meter, bass)
         feats["raw_confidence"]["meter"] = meter_confidence
         meter_confidence = calibrated("meter", meter_confidence)
         offset = clip.offset_s
@@ -556,17 +567,21 @@ def _harmonic_change(chroma: np.ndarray, beats: np.ndarray, span: int = 2) -> np
     return change / (change.max() + 1e-9)
 
 
-def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray, meter: int) -> tuple[int, int, float]:
-    """(beats per bar, index of the first downbeat, meter confidence).
+def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray, meter: int,
+                bass: dict[str, np.ndarray] | None = None) -> tuple[int, int, float, float]:
+    """(beats per bar, index of the first downbeat, meter confidence, phase confidence).
 
     The bar length is the downbeat tracker's (`meter`): on real recordings and chorales its
     DBN picks 3 vs 4 better than our re-scoring did (docs/dsp.md). The bar phase is re-chosen:
-    the candidate downbeats should carry more downbeat activation and more harmonic change
-    than the other beats. The confidence compares the best bar of this meter with the best
-    bar of the other meter under the same evidence.
+    the candidate downbeats should carry more downbeat activation, harmonic change, bass onset
+    and bass level (`bass`: model.dsp.bar_phase.bass_evidence) than the other beats. The meter
+    confidence compares the best bar of this meter with the best bar of the other meter under the
+    same evidence; the phase confidence compares the best phase of this meter with its runner-up.
     """
-    downbeat = _peak_near(activation[:, 1], beats)
-    change = _harmonic_change(chroma, beats) if len(beats) > 2 else np.zeros(len(beats))
+    evidence = [(1.0, _peak_near(activation[:, 1], beats)),
+                (HARMONY_WEIGHT, _harmonic_change(chroma, beats) if len(beats) > 2 else np.zeros(len(beats)))]
+    if bass is not None:
+        evidence += [(BASS_ONSET_WEIGHT, bass["bass_onset"]), (BASS_ENERGY_WEIGHT, bass["bass_energy"])]
     index = np.arange(len(beats))
     scores = {}
     for beats_per_bar in (3, 4):
@@ -574,16 +589,16 @@ def _choose_bar(beats: np.ndarray, activation: np.ndarray, chroma: np.ndarray, m
             on = (index - phase) % beats_per_bar == 0
             if on.all() or not on.any():
                 continue
-            scores[(beats_per_bar, phase)] = (downbeat[on].mean() - downbeat[~on].mean()
-                                              + HARMONY_WEIGHT * (change[on].mean() - change[~on].mean()))
+            scores[(beats_per_bar, phase)] = sum(w * (x[on].mean() - x[~on].mean()) for w, x in evidence)
     mine = {phase: v for (m, phase), v in scores.items() if m == meter}
     if not mine:
-        return meter, 0, 0.0
+        return meter, 0, 0.0, 0.0
     phase = max(mine, key=mine.get)
     best = mine[phase]
+    margin = lambda a, b: float(np.clip(0.5 + (a - b) / (abs(a) + abs(b) + 1e-9), 0.0, 1.0))  # noqa: E731
     other = max((v for (m, _), v in scores.items() if m != meter), default=0.0)
-    confidence = float(np.clip(0.5 + (best - other) / (abs(best) + abs(other) + 1e-9), 0.0, 1.0))
-    return meter, phase, confidence
+    runner_up = max((v for p, v in mine.items() if p != phase), default=0.0)
+    return meter, phase, margin(best, other), margin(best, runner_up)
 
 
 # ---- key ------------------------------------------------------------------------------
