@@ -93,7 +93,7 @@ MIN_CHROMA_PEAK = 0.2  # deep-chroma level below which a clip has no tonal conte
 # ends. Refit with `python -m training.bench dsp --calibrate` (docs/dsp.md has the fit and its held-out check).
 CALIBRATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "tempo": ((0.467, 0.856, 0.97), (0.924, 0.998, 0.998)),
-    "meter": ((0.78, 1.0), (0.962, 0.999)),
+    "meter": ((0.767, 1.0), (0.962, 0.999)),
     "key": ((0.843, 0.996, 1.0), (0.781, 0.992, 0.992)),
 }
 

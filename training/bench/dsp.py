@@ -198,7 +198,9 @@ RUNNERS = {"ours": run_ours, "madmom": run_madmom, "librosa": run_librosa,
 
 def _ours_version() -> str:
     """Our estimates are stale whenever the analyzer's code, or what we record of it, changes (tuning)."""
-    sources = [inspect.getsource(f) for f in (analyzer_module, run_ours, _dbn_phase, _octave_strengths)]
+    from model.dsp import bar_phase
+
+    sources = [inspect.getsource(f) for f in (analyzer_module, bar_phase, run_ours, _dbn_phase, _octave_strengths)]
     return hashlib.sha256("".join(sources).encode()).hexdigest()[:12]
 
 
