@@ -6,7 +6,7 @@ Every remaining downbeat error on the tuning parts is a whole-clip bar-phase err
 `--phases`): right beats, right bar length, every downbeat on the same wrong beat. So a rule only has
 to pick one of the 3 or 4 phases of our beat grid. Per beat of our grid this collects
 
-- the downbeat network's activation and our harmonic change (what `_choose_bar` uses now);
+- the downbeat network's activation and our harmonic change (the dsp-7 rule: activation + 0.75 x harmony);
 - chord changes from our chord tool (a chord starts on this beat);
 - bass onsets and bass energy (`model.dsp.bar_phase`: 30-200 Hz spectral flux at the beat, and the
   band's level over the beat that starts there);
