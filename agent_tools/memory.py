@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent_tools.waiting import wait_s, woken_by
 from model.errors import BackendError
 
 MiB = 1024 * 1024
@@ -156,7 +157,8 @@ class MemoryBudget:
         `available_alone`; the server's resident memory is a measurement), so no call waits forever;
         neither does an analysis (`analysis=True`) when no other analysis runs."""
         nbytes = max(0, int(nbytes))
-        with self._changed:
+        # Asleep until a reservation is released or the call is abandoned (agent_tools.waiting), not polling.
+        with self._changed, woken_by(abandoned, self._changed):
             while True:
                 if self._reserved == 0:
                     self._measure_baseline()
@@ -167,7 +169,7 @@ class MemoryBudget:
                     break
                 if abandoned is not None and abandoned.is_set():
                     raise MemoryWaitAbandoned(f"the call was abandoned (timed out) while {what} waited for memory")
-                self._changed.wait(timeout=0.05)
+                self._changed.wait(timeout=wait_s(abandoned))
             if analysis and self._analyses == 0:
                 self._before_analysis = self._resident()
             self._reserved += nbytes

@@ -73,6 +73,7 @@ from agent_tools.similarity import (
     SimilarResults,
     TempoConstraint,
 )
+from agent_tools.waiting import Slots
 from model.audio import (
     ANALYSIS_BASE_BYTES,
     MODEL_RATE,
@@ -273,8 +274,8 @@ class MusicTools:
         # Bounds the heavy work (madmom, the model) running at once. Decoding has slots of its own (as
         # many): it is bounded too, but a cache hit, which needs only the decoded hash, never queues
         # behind a long analysis.
-        self._compute_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
-        self._decode_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrency))
+        self._compute_slots = Slots(max(1, self.settings.max_concurrency))
+        self._decode_slots = Slots(max(1, self.settings.max_concurrency))
         # One memory budget for the whole server (this process, its DSP workers, every call): each call reserves
         # its decoded window before decoding, and its analysis before analysing (agent_tools.memory). A process
         # that already held more than a bare server when the toolbox was made embeds it (a test runner, an agent
@@ -494,13 +495,12 @@ class MusicTools:
             yield
 
     @contextmanager
-    def _slot(self, slots: threading.BoundedSemaphore, what: str):
-        """Hold one of `slots`; while waiting, give up as soon as the call is abandoned (timed out), so
-        timed-out calls never take a slot a live call is waiting for."""
+    def _slot(self, slots: Slots, what: str):
+        """Hold one of `slots`; while waiting (asleep until a slot is released), give up as soon as the call is
+        abandoned (timed out), so timed-out calls never take a slot a live call is waiting for."""
         abandoned = call_abandoned.get()
-        while not slots.acquire(timeout=0.05):
-            if abandoned is not None and abandoned.is_set():
-                raise CallAbandonedError(f"the call was abandoned (timed out) before {what} started")
+        if not slots.acquire(abandoned=abandoned):
+            raise CallAbandonedError(f"the call was abandoned (timed out) before {what} started")
         try:
             if abandoned is not None and abandoned.is_set():
                 raise CallAbandonedError(f"the call was abandoned (timed out) before {what} started")

@@ -68,6 +68,7 @@ from agent_tools.tools import (
     call_settings,
     find_audio_files,
 )
+from agent_tools.waiting import Abandonment
 from model.errors import BackendError, InputError
 
 log = logging.getLogger("tinymu.mcp")
@@ -236,7 +237,7 @@ class ToolRunner:
 
     async def _run(self, name: str, method: Callable, kwargs: dict, progress: Callable | None,
                    settings: Settings | None):
-        abandoned = threading.Event()  # set on timeout: the worker thread starts no more heavy work
+        abandoned = Abandonment()  # set on timeout: the worker thread starts no more heavy work, and wakes if waiting
 
         def job():
             token, gave_up = progress_callback.set(progress), call_abandoned.set(abandoned)
