@@ -121,6 +121,8 @@ class MusicAnalyzer:
     def warm_up(self) -> None:
         """Load every network now rather than on the first request."""
         self._procs()
+        # The bass evidence's first call sets up scipy's resampling (~0.75 s); pay it here, not in a request.
+        bass_evidence(np.zeros(MADMOM_RATE), MADMOM_RATE, np.array([0.25, 0.5, 0.75]))
 
     def forget(self) -> None:
         """Drop the memoised features of recent clips (the next call on any clip recomputes)."""
