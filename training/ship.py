@@ -101,6 +101,9 @@ class ShipConfig:
     # Questions whose prompt starts with the clip's DSP measurements (model.lm.measurements), as the
     # tools ask them; the rest are asked from the audio alone.
     measured_share: float = 0.75
+    # Captions state only what the prompt told (training.train.ground_captions). Off: round 25 tried it
+    # (with the dsp-9 measurements) and missed the real gate, 64.0 % vs round 24's 67.4 %.
+    ground_captions: bool = False
     train_mode: str = "lora"  # or "projector" / "full" (full stores the whole decoder: ~540 MB)
     train_val_records: int = 48  # validation questions scored at each of the LM stage's evaluations
     lr: float = 5e-4
@@ -263,7 +266,8 @@ def lm_stage(cfg: ShipConfig) -> dict:
     return {"mode": cfg.train_mode, "lr": cfg.lr, "projector_lr": cfg.projector_lr, "batch": cfg.train_batch,
             "micro_batch": cfg.train_batch, "max_steps": cfg.train_steps, "val_records": cfg.train_val_records,
             "tasks": tuple(cfg.train_tasks.split(",")), "per_attribute": cfg.train_per_attribute,
-            "true_word_share": cfg.train_true_word_share, "measured_share": cfg.measured_share, "seed": cfg.seed}
+            "true_word_share": cfg.train_true_word_share, "measured_share": cfg.measured_share,
+            "ground_captions": cfg.ground_captions, "seed": cfg.seed}
 
 
 def caveat_of(cfg: ShipConfig, verdict: str) -> str:
