@@ -108,12 +108,14 @@ def serve(
         typer.echo(f"Warning: {server.toolbox.cache.warning}", err=True)
     # Load the madmom processors in the background so the first tool call does not pay for it
     # and the client's initialize handshake is answered at once.
+    warm_up = None
     if settings.dsp_workers:
         from agent_tools.dsp_workers import start
 
         start(settings.dsp_workers)
     else:
-        threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True).start()
+        warm_up = threading.Thread(target=server.toolbox.analyzer.warm_up, name="warm-up", daemon=True)
+        warm_up.start()
     if settings.preload_model:
         # The model loads in the background too (about 10 s with converted weights; the first start on a
         # machine also converts the GGUF, about a minute), so the first model call does not time out.
@@ -124,6 +126,11 @@ def serve(
 
     if not http:
         server.run()
+        # A client that leaves at once (stdin closed) ends the server while the warm-up may still be in
+        # native code (numpy's FFT, scipy); a daemon thread torn down there aborts the process ("terminate
+        # called without an active exception", exit -6). Let it finish: seconds at most.
+        if warm_up is not None:
+            warm_up.join(timeout=60)
         return
     security = rebinding_protection(host, allowed_host or [])
     if host in ("0.0.0.0", "::") and not allowed_host:
