@@ -557,9 +557,10 @@ def caption_text(clip: ClipLabels, rng: random.Random) -> str:
     if clip.style and clip.key and clip.energy:
         sentences.append(_fill(rng.choice(T.CAPTION_OPENINGS), rng, noun, style=clip.style, key=clip.key,
                                energy=T.ENERGY_WORDS[clip.energy]))
-    elif clip.style or clip.key or clip.energy:
-        head = " ".join(word for word in (clip.energy and T.ENERGY_WORDS[clip.energy], clip.style, noun) if word)
-        sentences.append(_capitalise(f"{_article(head)} {head}") + (f" in {clip.key}." if clip.key else "."))
+    else:
+        bits = [b for b in (clip.style and f"{clip.style} {noun}", clip.key and f"in {clip.key}") if b]
+        if bits:
+            sentences.append(_capitalise(f"{_article(bits[0])} " + " ".join(bits)) + ".")
     middle: list[str] = []
     if clip.tempo_bpm and clip.meter:
         middle.append(_fill(rng.choice(T.CAPTION_TEMPO), rng, noun, tempo_class=clip.tempo_class,

@@ -158,14 +158,12 @@ def dropped_measurements(clip: ClipLabels, rng: random.Random) -> Measurements:
 
 
 def hedged_target(record: dict, measurements: Measurements | None, rng: random.Random) -> str:
-    """An open answer about tempo, key or meter says it is unsure when that reading was not stated,
-    and one about chords always does: no measurement sentence states them."""
-    attribute = (record.get("meta") or {}).get("attribute", "")
-    reading = READING_OF.get(attribute)
+    """An open answer about tempo, key or meter says it is unsure when that reading was not stated."""
+    reading = READING_OF.get((record.get("meta") or {}).get("attribute", ""))
     target = record["target_text"]
-    if record.get("task") != "open_qa" or (reading is None and attribute != "chords"):
+    if record.get("task") != "open_qa" or reading is None:
         return target
-    if reading is not None and measurements is not None and measurements.to_json()[reading] is not None:
+    if measurements is not None and measurements.to_json()[reading] is not None:
         return target
     return f"{target} {rng.choice(T.UNSURE)}"
 
@@ -230,12 +228,16 @@ def ground_captions(records: list[dict], labels: dict[str, ClipLabels], seed: in
     captions (round 23's fact check). So with `readings`, tempo, meter and key appear only where
     the measurement sentence (meta "stated", from `add_measurements`) stated them; with `genre`,
     the genre only where the prompt's genre hint (meta "heard") named it; chords never, as no
-    prompt states them. Instruments, drums and energy stay: they are what the audio encoder hears."""
+    prompt states them. Instruments, drums and energy stay: they are what the audio encoder hears.
+    With `readings`, an open answer about chords also says it is unsure."""
     rng = random.Random(seed + 3)
     grounded = []
     for record in records:
         clip = labels.get(record["file_name"])
         meta = record.get("meta") or {}
+        if readings and record.get("task") == "open_qa" and meta.get("attribute") == "chords":
+            grounded.append({**record, "target_text": f"{record['target_text']} {rng.choice(T.UNSURE)}"})
+            continue
         if record.get("task") != "captioning" or clip is None:
             grounded.append(record)
             continue
