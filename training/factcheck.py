@@ -109,10 +109,6 @@ def score_text(text: str, clip: ClipLabels, counts: FactCount, doubted: FactCoun
             doubted.add(attribute, verdict(attribute, value, clip))
 
 
-def _share(true: int, false: int) -> float | None:
-    return true / (true + false) if true + false else None
-
-
 def is_yes_no(text: str) -> bool:
     """A reply that is only a yes/no phrase ("No, that's not right.", "Yes, definitely.")."""
     return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
@@ -150,7 +146,7 @@ def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure
     return {"clips": len(clips), "facts_true": counts.true, "facts_false": counts.false,
             "facts_unverifiable": counts.unverifiable, "share_true": counts.share_true,
             "by_attribute": counts.by_attribute, "doubted_true": doubted.true, "doubted_false": doubted.false,
-            "share_true_without_doubt": _share(counts.true - doubted.true, counts.false - doubted.false),
+            "share_true_without_doubt": FactCount(counts.true - doubted.true, counts.false - doubted.false).share_true,
             "replies": replies, "yes_no_replies": yes_no,
             "share_yes_no": yes_no / replies if replies else None, "shown": shown[:10], "answers": examples}
 
