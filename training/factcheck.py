@@ -157,15 +157,20 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
          out: Path = typer.Option(None, help="where to write the JSON report (default: DATA/factcheck.json)"),
          seed: int = typer.Option(0),
          measure: bool = typer.Option(None, "--measure/--no-measure", show_default="when the model reads them",
-                                      help="give the model the clip's DSP measurements, as the tools do")) -> None:
+                                      help="give the model the clip's DSP measurements, as the tools do"),
+         grounded: bool = typer.Option(True, "--grounded/--free",
+                                       help="grounded decoding (model.lm.grounding), as the tools answer; "
+                                            "--free lets the decoder name any tempo, key or genre")) -> None:
     """Caption and what-questions for held-out clips; share of stated facts that are true, yes/no replies."""
     from model.lm.engine import load_engine
 
     labels = read_labels(data, "real")
     # Evenly spread over the set (a stride that divides badly would take most clips from its first sources).
     chosen = [labels[i * len(labels) // min(clips, len(labels))] for i in range(min(clips, len(labels)))]
-    report = check(load_engine(checkpoint), chosen, data, seed=seed, measure=measure)
-    report["checkpoint"] = checkpoint
+    engine = load_engine(checkpoint)
+    engine.grounded = grounded and engine.grounded
+    report = check(engine, chosen, data, seed=seed, measure=measure)
+    report["checkpoint"], report["grounded"] = checkpoint, engine.grounded
     target = out or data / "factcheck.json"
     target.write_text(json.dumps(report, indent=1))
     share = report["share_true"]

@@ -30,7 +30,7 @@ from model.errors import (
     InvalidSamplesError,
     ModelUnavailableError,
 )
-from model.lm import decoding
+from model.lm import decoding, grounding
 from model.lm.config import preset
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
 from model.lm.network import TinyMU, build_model
@@ -130,7 +130,7 @@ class MusicLM:
 
     def __init__(self, model: TinyMU, tokenizer, *, trained: bool, checkpoint: str | None,
                  device: str = "auto", max_audio_s: float = DEFAULT_MAX_AUDIO_S, name: str = "TinyMU",
-                 quantize: str | None = None, caveat: str = ""):
+                 quantize: str | None = None, caveat: str = "", grounded: bool = True):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -154,6 +154,8 @@ class MusicLM:
         elif quantize:
             raise ValueError(f"unknown quantize={quantize!r}; use 'int8' or None")
         self.tokenizer = tokenizer
+        # Grounded decoding (model.lm.grounding) for a model trained to read the measurements; others answer freely.
+        self.grounded = grounded and model.cfg.reads_measurements
         self.trained = trained
         self.checkpoint = checkpoint
         self.max_audio_s = max_audio_s
@@ -210,8 +212,10 @@ class MusicLM:
             prompts = [self._hinted_prompt_tokens(q, g) for q, g in zip(questions, genres)]
             prefix = self.model.build_prefix(embeds, prompts)
             start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
+            forbidden = ([grounding.forbidden_token_sequences(self.tokenizer, q, g) for q, g in zip(questions, genres)]
+                         if self.grounded else None)
             out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, seed=seed)
+                                    temperature=temperature, top_p=top_p, seed=seed, forbidden=forbidden)
         return [self._decode(ids) for ids in out]
 
     def caption(self, audio: np.ndarray, *, max_new_tokens: int = 96) -> str:

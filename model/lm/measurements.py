@@ -17,6 +17,7 @@ sentence at inference that it learnt from.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ TEMPO_CLASS_BOUNDS_BPM = (90.0, 130.0)
 MIN_TEMPO_CONFIDENCE = 0.3
 MIN_METER_CONFIDENCE = 0.3
 MIN_KEY_CONFIDENCE = 0.5
+_SENTENCE = re.compile(r"Measured: (?:tempo (?P<bpm>\d+) BPM \(\w+\)(?:, |\.))?(?:meter (?P<meter>\d/\d)(?:, |\.))?"
+                       r"(?:key (?P<key>[A-G][#b]? (?:major|minor))\.)?")
 
 
 def tempo_class(bpm: float) -> str:
@@ -56,11 +59,20 @@ class Measurements:
             key=key.key if key.key and key.confidence >= MIN_KEY_CONFIDENCE else None,
         )
 
+    @classmethod
+    def from_prompt(cls, prompt: str) -> Measurements:
+        """The readings stated by the measurement sentence in a prompt (`sentence`'s inverse; none without one)."""
+        found = _SENTENCE.search(prompt)
+        if found is None:
+            return cls()
+        return cls(tempo_bpm=float(found["bpm"]) if found["bpm"] else None, meter=found["meter"], key=found["key"])
+
     def sentence(self) -> str:
         """'Measured: tempo 135 BPM (fast), meter 4/4, key C minor.'; '' when nothing was measured."""
         parts = []
         if self.tempo_bpm:
-            parts.append(f"tempo {round(self.tempo_bpm)} BPM ({tempo_class(self.tempo_bpm)})")
+            bpm = round(self.tempo_bpm)  # the class of the number stated, so the sentence reads back as written
+            parts.append(f"tempo {bpm} BPM ({tempo_class(bpm)})")
         if self.meter:
             parts.append(f"meter {self.meter}")
         if self.key:

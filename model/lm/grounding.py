@@ -1,0 +1,98 @@
+"""Free-form answers that state only what was measured or heard.
+
+Trained on captions that name a genre, a tempo and a key, a 135 M decoder names them in
+every caption, measured or not, and is wrong about them about as often as right (round
+23's fact check: 59 % of stated facts true). The prompt already carries what the tools
+know: the DSP measurement sentence (`model.lm.measurements`) and the genre the clip
+classifier hears (`model.lm.prompts.with_heard_genre`). Grounded decoding makes the
+words agree with them: while the model writes, the genre, tempo and key words that
+contradict what was measured or heard are forbidden (their logits set to -inf), and
+where nothing was measured or heard, every word of that kind is. The model still
+chooses its sentence; it can only state a tempo, key or genre the tools stand behind, so
+a free-form fact is as right as the measurement or the classifier behind it.
+
+Multiple choice is not affected: options are scored, not written.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from model.lm.measurements import Measurements, tempo_class
+
+# Genre nouns the model has learnt or might reach for; each allows the others of its family
+# when that family was heard (the coarse level the clip classifier names).
+GENRE_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("rock", "metal", "punk", "grunge", "hard rock"),
+    ("orchestral", "classical", "symphonic", "chamber", "baroque", "cinematic", "film score"),
+    ("electronic", "techno", "house", "edm", "trance", "dubstep", "synthwave", "chiptune", "electro"),
+    ("jazz", "swing", "bebop"), ("pop",), ("ballad",), ("funk", "disco"), ("march",), ("bossa", "bossa nova", "samba"),
+    ("reggae", "ska"), ("hiphop", "hip hop", "hip-hop", "rap"), ("country",), ("waltz",), ("folk",), ("blues",),
+    ("soul", "r&b"), ("latin",), ("ambient",),
+)
+TEMPO_WORDS = {"slow": ("slow", "slower", "largo", "adagio"), "medium": ("medium", "moderate", "mid-tempo", "andante"),
+               "fast": ("fast", "faster", "quick", "brisk", "uptempo", "up-tempo", "allegro", "presto")}
+# Without a measured tempo no number of beats per minute is stated either, in any spelling: the decoder
+# writes "128 BAM" when only "BPM" is forbidden, so standalone numbers go (a meter in digits with them).
+# The lead-ins go too: a decoder that has written "The tempo is around" finds a way to a number.
+TEMPO_UNITS = ("BPM", "bpm", "beats per minute", "tempo", "pace", "¾", "½", *(f"{digit}" for digit in "0123456789"))
+KEY_LEAD_INS = ("key", "keys", "tonality", "relative")
+# Chords are never measured in the prompt (the chord tool answers them), so no caption lists any.
+CHORD_WORDS = ("chord", "chords", "progression", " -")  # " -": the separator of a chord loop ("C - G - Am")
+MODES = ("major", "minor")
+TONIC_LETTERS = "ABCDEFG"
+ACCIDENTALS = {"": 0, "#": 1, "♯": 1, " sharp": 1, "b": -1, "♭": -1, " flat": -1}
+PITCH_OF_LETTER = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_MEASURED_KEY = re.compile(r"^([A-G])([#b]?) (major|minor)$")
+
+
+def _family(genre: str) -> tuple[str, ...]:
+    return next((family for family in GENRE_FAMILIES if genre in family), (genre,))
+
+
+def forbidden_phrases(measured: Measurements, heard_genre: str | None) -> list[str]:
+    """The genre, tempo and key phrases that would contradict (or go beyond) the measurements and
+    the heard genre, lower case except for key names."""
+    allowed_genres = set(_family(heard_genre)) if heard_genre else set()
+    phrases = [word for family in GENRE_FAMILIES for word in family if word not in allowed_genres]
+    measured_class = tempo_class(measured.tempo_bpm) if measured.tempo_bpm else None
+    phrases += [word for name, words in TEMPO_WORDS.items() if name != measured_class for word in words]
+    if measured_class is None:
+        phrases += TEMPO_UNITS
+    phrases += CHORD_WORDS
+    key = _MEASURED_KEY.match(measured.key or "")
+    letter = key.group(1) if key else None
+    # Chord and key names ("in a C#maj7 - F#m") where no key may be named: no capital letter but the
+    # measured tonic's stands alone after a space (the article "A" opens a sentence without one).
+    phrases += [f" {name}" for name in TONIC_LETTERS if name != letter]
+    if key is None:  # no key measured: neither a key nor a mode is stated
+        return phrases + list(MODES) + list(KEY_LEAD_INS)
+    letter, accidental, mode = key.groups()
+    tonic = (PITCH_OF_LETTER[letter] + ACCIDENTALS[accidental]) % 12
+    phrases += [m for m in MODES if m != mode]
+    phrases += [f"{name}{spelling} {mode}" for name in TONIC_LETTERS for spelling, shift in ACCIDENTALS.items()
+                if (PITCH_OF_LETTER[name] + shift) % 12 != tonic]
+    return phrases
+
+
+def _spellings(phrase: str) -> set[str]:
+    """The phrase as it may appear in running text: after a space or at the start, lower or title case
+    (a number only after a space: digits inside words and chord names such as "Cmaj7" stay)."""
+    if phrase.isdigit() or phrase.startswith(" "):
+        return {" " + phrase.strip()}
+    title = phrase[0].upper() + phrase[1:]
+    return {phrase, title, " " + phrase, " " + title}
+
+
+@lru_cache(maxsize=4096)
+def _token_sequences(tokenizer, phrase: str) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in sorted(_spellings(phrase)))
+
+
+def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -> list[list[int]]:
+    """Token sequences the answer to `prompt` may not contain, from the measurement sentence in the
+    prompt (none: nothing measured) and the heard genre."""
+    measured = Measurements.from_prompt(prompt)
+    sequences = {seq for phrase in forbidden_phrases(measured, heard_genre) for seq in _token_sequences(tokenizer, phrase)}
+    return [list(seq) for seq in sorted(sequences) if seq]

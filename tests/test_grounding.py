@@ -1,0 +1,89 @@
+"""Grounded decoding: free-form answers state only the tempo, key and genre the tools measured or heard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.lm import decoding
+from model.lm.engine import load_engine
+from model.lm.grounding import forbidden_phrases, forbidden_token_sequences
+from model.lm.measurements import Measurements
+from model.lm.network import build_model
+from model.lm.config import preset
+from model.lm.prompts import CAPTION_PROMPT, with_measurements
+from training.factcheck import stated_facts
+from tests.test_model import _embeds, lively
+
+
+@pytest.mark.parametrize("measured", [Measurements(135.4, "4/4", "C minor"), Measurements(None, None, "F# major"),
+                                      Measurements(80.0), Measurements(None, "3/4"), Measurements(130.4, None, "Bb minor"),
+                                      Measurements()])
+def test_the_measurement_sentence_reads_back_as_written(measured):
+    read = Measurements.from_prompt(with_measurements("What genre is this?", measured))
+    assert read.sentence() == measured.sentence()
+    assert read.meter == measured.meter and read.key == measured.key
+
+
+def test_what_contradicts_the_measurements_and_the_heard_genre_is_forbidden():
+    phrases = set(forbidden_phrases(Measurements(135.0, "4/4", "C# minor"), "rock"))
+    assert {"slow", "moderate", "major", "D minor", "C minor", "orchestral", "jazz"} <= phrases
+    # The measured key in any spelling, the measured tempo class and the heard genre's family stay sayable.
+    assert not {"C# minor", "Db minor", "C sharp minor", "minor", "fast", "quick", "rock", "metal", "BPM"} & phrases
+
+    nothing = set(forbidden_phrases(Measurements(), None))
+    assert {"rock", "orchestral", "electronic", "slow", "fast", "BPM", "tempo", "7", "major", "minor", "key", " C",
+            "chords"} <= nothing
+
+
+def test_forbidden_sequences_come_from_the_prompt_in_every_spelling():
+    tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
+    prompt = with_measurements(CAPTION_PROMPT, Measurements(100.0, None, "G major"))
+    sequences = forbidden_token_sequences(tokenizer, prompt, "orchestral")
+    for text in (" rock", "Rock", " fast", " minor", " A major", " chords", " C"):
+        assert tokenizer(text, add_special_tokens=False).input_ids in sequences
+    for text in (" orchestral", " classical", " medium", " G major", " major", " G", " 1"):
+        assert tokenizer(text, add_special_tokens=False).input_ids not in sequences
+
+
+def test_generation_never_writes_a_forbidden_sequence():
+    torch.manual_seed(0)
+    tiny = lively(build_model(preset("tiny")))
+    embeds = _embeds(tiny, 10.0, 0)
+    prefix = tiny.build_prefix([embeds[0]], [[100, 200, 300]])
+    start = torch.tensor([tiny.target_start(embeds.shape[1])])
+    free = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=())[0]
+    # Forbid the free answer's first token, and its second token after its first.
+    first = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), forbidden=[[[free[0]]]])[0]
+    assert free[0] not in first
+    pair = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), forbidden=[[free[:2]]])[0]
+    assert pair[0] == free[0] and pair[1] != free[1]
+    assert all(pair[i:i + 2] != free[:2] for i in range(len(pair) - 1))
+
+
+def _heard_clip(seconds: float = 10.0) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    t = np.arange(int(seconds * 16000)) / 16000
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (196.0, 246.9, 293.7))  # G major, with a pulse at 100 BPM
+    pulse = (np.sin(2 * np.pi * t * 100 / 60) > 0.95) * rng.standard_normal(t.shape)
+    return (0.1 * chord + 0.2 * pulse).astype(np.float32)
+
+
+@pytest.mark.parametrize("measured", [Measurements(100.0, "4/4", "G major"), Measurements(70.0), Measurements()])
+def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
+    engine = load_engine(None, device="cpu", quantize="int8")
+    assert engine.grounded
+    clip = _heard_clip()
+    with torch.inference_mode():
+        _, heard = engine._audio_embeds(clip)
+    for question in (CAPTION_PROMPT, "What genre is this music?"):
+        text = engine.answer(clip, with_measurements(question, measured), max_new_tokens=48)
+        assert text
+        for attribute, value in stated_facts(text):
+            if attribute == "tempo_class":
+                assert measured.tempo_bpm and value in measured.sentence(), text
+            elif attribute in ("key", "mode"):
+                assert measured.key and value.split()[-1] == measured.key.split()[-1], text
+            elif attribute == "style":
+                assert heard is not None, text
