@@ -73,7 +73,7 @@ def _heard_clip(seconds: float = 10.0) -> np.ndarray:
 @pytest.mark.parametrize("measured", [Measurements(100.0, "4/4", "G major"), Measurements(70.0), Measurements()])
 def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
     engine = load_engine(None, device="cpu", quantize="int8")
-    assert engine.grounded
+    assert engine.grounded and engine.info().grounded
     clip = _heard_clip()
     with torch.inference_mode():
         _, heard = engine._audio_embeds(clip)

@@ -60,6 +60,8 @@ class ModelInfo(BaseModel):
                                      "the question (model.lm.measurements); callers should give them")
     hears_genre: bool = Field(False, description="states the genre its clip classifier hears in front of each "
                               "prompt (model.lm.prompts.with_heard_genre); nothing for callers to do")
+    grounded: bool = Field(False, description="free-form answers name only the tempo, key and genre that the "
+                           "measurements and the heard genre state (model.lm.grounding); chords never")
     note: str = ""
 
 
@@ -276,7 +278,7 @@ class MusicLM:
             dtype=str(self.dtype).removeprefix("torch.") + ("+int8" if self.quantize else ""), parameters=self.parameters,
             audio_tokens_per_second=self.model.cfg.encoder.tokens_per_second, max_audio_s=self.max_audio_s,
             trained_audio_s=self.model.cfg.audio_seconds, reads_measurements=self.model.cfg.reads_measurements,
-            hears_genre=bool(self.model.cfg.heard_genre_words),
+            hears_genre=bool(self.model.cfg.heard_genre_words), grounded=self.grounded,
             note=self.caveat if self.trained else UNTRAINED_NOTE,
         )
 

@@ -7,7 +7,9 @@ know: the DSP measurement sentence (`model.lm.measurements`) and the genre the c
 classifier hears (`model.lm.prompts.with_heard_genre`). Grounded decoding makes the
 words agree with them: while the model writes, the genre, tempo and key words that
 contradict what was measured or heard are forbidden (their logits set to -inf), and
-where nothing was measured or heard, every word of that kind is. The model still
+where nothing was measured or heard, every word of that kind is, with the lead-ins
+("The tempo is around") after which a small decoder finds its own way to a number. Chord
+names are forbidden always (the prompt never states chords). The model still
 chooses its sentence; it can only state a tempo, key or genre the tools stand behind, so
 a free-form fact is as right as the measurement or the classifier behind it.
 
@@ -52,8 +54,9 @@ def _family(genre: str) -> tuple[str, ...]:
 
 
 def forbidden_phrases(measured: Measurements, heard_genre: str | None) -> list[str]:
-    """The genre, tempo and key phrases that would contradict (or go beyond) the measurements and
-    the heard genre, lower case except for key names."""
+    """The phrases that would contradict (or go beyond) the measurements and the heard genre: other
+    genres, other tempo classes, other keys and modes, chord names, and where nothing was measured, the
+    words that lead to a tempo or key (lower case except for note names; a leading space: only as a word)."""
     allowed_genres = set(_family(heard_genre)) if heard_genre else set()
     phrases = [word for family in GENRE_FAMILIES for word in family if word not in allowed_genres]
     measured_class = tempo_class(measured.tempo_bpm) if measured.tempo_bpm else None
