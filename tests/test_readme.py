@@ -72,7 +72,8 @@ def test_tables_are_generated_from_the_code():
 
 def test_readme_is_a_users_page():
     size = len(README.read_text().encode())
-    assert 6_000 < size < 10_500, f"README is {size} bytes; the history and research belong in docs/"
+    # 3 KB of it are the ten verbatim captions issue 19 asks for.
+    assert 6_000 < size < 13_500, f"README is {size} bytes; the history and research belong in docs/"
     assert ".cache/ship" not in README.read_text()
 
 
