@@ -10,6 +10,7 @@ from model.lm import decoding
 from model.lm.engine import load_engine
 from model.lm.grounding import forbidden_phrases, forbidden_token_sequences
 from model.lm.measurements import Measurements
+from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt
 from model.lm.network import build_model
 from model.lm.config import preset
 from model.lm.prompts import CAPTION_PROMPT, with_measurements
@@ -87,3 +88,16 @@ def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
                 assert measured.key and value.split()[-1] == measured.key.split()[-1], text
             elif attribute == "style":
                 assert heard is not None, text
+
+
+def test_multiple_choice_by_generation_is_not_grounded():
+    """An answer that names an option is no free-form fact: grounded, the shipped model answers this
+    question in silence "about urna" (numbers forbidden without a measured tempo); the MuChoMusic method
+    must score what it would write freely."""
+    engine = load_engine(None, device="cpu", quantize="int8")
+    silence = np.zeros(160000, np.float32)
+    question, options = "How fast is this played?", ["about 170 BPM", "about 81 BPM", "about 93 BPM", "about 135 BPM"]
+    choice = engine.choose(silence, question, options, method="generate")
+    prompt = build_prompt(question, options, IN_CONTEXT_EXAMPLE)
+    assert choice.raw_answer == engine.answer(silence, prompt, max_new_tokens=32, grounded=False)
+    assert choice.index is not None, choice.raw_answer

@@ -194,14 +194,16 @@ class MusicLM:
 
     # -- the MusicModel interface ----------------------------------------------------
     def answer(self, audio: np.ndarray, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
-               top_p: float = 0.9, seed: int | None = None) -> str:
+               top_p: float = 0.9, seed: int | None = None, grounded: bool | None = None) -> str:
         """Answer a free-form question about the clip (greedy when temperature is 0)."""
         return self.answer_batch([(audio, question)], max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_p=top_p, seed=seed)[0]
+                                 top_p=top_p, seed=seed, grounded=grounded)[0]
 
     def answer_batch(self, items: list[tuple[np.ndarray, str]], *, max_new_tokens: int = 64,
-                     temperature: float = 0.0, top_p: float = 0.9, seed: int | None = None) -> list[str]:
-        """Answer several (audio, question) pairs in one batched generation."""
+                     temperature: float = 0.0, top_p: float = 0.9, seed: int | None = None,
+                     grounded: bool | None = None) -> list[str]:
+        """Answer several (audio, question) pairs in one batched generation; `grounded` (default: the
+        engine's `grounded`) decodes with model.lm.grounding."""
         if not items:
             return []
         if not 1 <= max_new_tokens <= 512:
@@ -214,8 +216,9 @@ class MusicLM:
             prompts = [self._hinted_prompt_tokens(q, g) for q, g in zip(questions, genres)]
             prefix = self.model.build_prefix(embeds, prompts)
             start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
+            ground = self.grounded and (grounded is None or grounded)
             forbidden = ([grounding.forbidden_token_sequences(self.tokenizer, q, g) for q, g in zip(questions, genres)]
-                         if self.grounded else None)
+                         if ground else None)
             out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, seed=seed, forbidden=forbidden)
         return [self._decode(ids) for ids in out]
@@ -240,7 +243,8 @@ class MusicLM:
             prompt = build_prompt(question, options, IN_CONTEXT_EXAMPLE)
             if len(self._tokens(prompt)) > self.model.cfg.prompt_length:
                 prompt = build_prompt(question, options)  # the example does not fit: drop it
-            text = self.answer(audio, prompt, max_new_tokens=32)
+            # A letter answer is not a free-form fact: grounding would forbid the letters A to G.
+            text = self.answer(audio, prompt, max_new_tokens=32, grounded=False)
             index = score_answer(text, options)
             return Choice(index=index, letter=None if index is None else LETTERS[index],
                           option=None if index is None else options[index], method="generate", raw_answer=text)
