@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from model.lm import decoding
+from model.lm.config import preset
 from model.lm.engine import load_engine
 from model.lm.grounding import forbidden_phrases, forbidden_token_sequences
 from model.lm.measurements import Measurements
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt
 from model.lm.network import build_model
-from model.lm.config import preset
 from model.lm.prompts import CAPTION_PROMPT, with_measurements
-from training.factcheck import stated_facts
 from tests.test_model import _embeds, lively
+from training.factcheck import stated_facts
 
 
 @pytest.mark.parametrize("measured", [Measurements(135.4, "4/4", "C minor"), Measurements(None, None, "F# major"),

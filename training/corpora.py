@@ -177,10 +177,24 @@ def bar_grid_downbeats(measures: list[tuple[float, float]], bar_quarters: float)
     return [offset for offset, _ in measures if offset >= pickup and (offset - pickup) % bar_quarters < 1e-6]
 
 
+def score_midi_at(score, bpm: float):
+    """A music21 score as the sets render it: its own tempo marks removed (some chorales carry marks
+    that would override ours), one at `bpm` inserted, written to MIDI and read back (pretty_midi)."""
+    import music21
+    import pretty_midi
+
+    for mark in list(score.recurse().getElementsByClass(music21.tempo.MetronomeMark)):
+        mark.activeSite.remove(mark)
+    score.insert(0, music21.tempo.MetronomeMark(number=bpm))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "score.mid"
+        score.write("midi", fp=str(path))
+        return pretty_midi.PrettyMIDI(str(path))
+
+
 def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
     """Bach chorales from music21's corpus, rendered with the second soundfont."""
     import music21
-    import pretty_midi
 
     from training.synth import render_song
 
@@ -212,13 +226,7 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         final = bass[-1].pitch.pitchClass
         key = minor if final == minor.tonic.pitchClass and final != major.tonic.pitchClass else major
         bpm = float(72 + (i * 7) % 30)  # 72-101 quarter notes per minute, varied but deterministic
-        for mark in list(score.recurse().getElementsByClass(music21.tempo.MetronomeMark)):
-            mark.activeSite.remove(mark)  # some chorales carry their own marks, which would override ours
-        score.insert(0, music21.tempo.MetronomeMark(number=bpm))
-        with tempfile.TemporaryDirectory() as tmp:
-            midi_path = Path(tmp) / "c.mid"
-            score.write("midi", fp=str(midi_path))
-            midi = pretty_midi.PrettyMIDI(str(midi_path))
+        midi = score_midi_at(score, bpm)
         tempi = midi.get_tempo_changes()[1]
         if len(tempi) != 1 or abs(tempi[0] - bpm) > 0.01:
             continue  # the label would not describe the audio

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor
+from transformers import (
+    DynamicCache,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+)
 
 from model import cancel
 from model.lm.config import EOS_ID, PAD_ID

@@ -11,14 +11,13 @@ builds it), run beside ours on every clip with a known form.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from training.corpora import SECOND_SOUNDFONT, Clip, _write
+from training.corpora import SECOND_SOUNDFONT, Clip, _write, score_midi_at
 
 SKIP = 48  # the chorale set draws from the first 48 chorales; these pieces come after them
 PIECES = 12
@@ -46,7 +45,6 @@ def repeat_form(score) -> tuple[list[float], list[str]] | None:
 def form_clips(out: Path) -> list[Clip]:
     """The 12 chorales with one written repeat (docs/dsp.md), rendered whole with the repeat expanded."""
     import music21
-    import pretty_midi
 
     from training.synth import render_song
 
@@ -72,13 +70,7 @@ def form_clips(out: Path) -> list[Clip]:
         index = len(clips)
         bpm = float(72 + (index * 7) % 30)
         expanded = score.expandRepeats()
-        for mark in list(expanded.recurse().getElementsByClass(music21.tempo.MetronomeMark)):
-            mark.activeSite.remove(mark)
-        expanded.insert(0, music21.tempo.MetronomeMark(number=bpm))
-        with tempfile.TemporaryDirectory() as tmp:
-            midi_path = Path(tmp) / "c.mid"
-            expanded.write("midi", fp=str(midi_path))
-            midi = pretty_midi.PrettyMIDI(str(midi_path))
+        midi = score_midi_at(expanded, bpm)
         beat_s = 60.0 / bpm
         end = offsets[-1] * beat_s
         if len(midi.get_tempo_changes()[1]) != 1 or abs(midi.get_end_time() - end) > 2 * beat_s:

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from training.corpora import score_midi_at
 
 BAR_TRACKERS = ["ours", "madmom"]
 
@@ -52,17 +53,8 @@ def fermata_beats(score, pickup_q: float, bar_q: float, until_q: float) -> Count
 
 
 def rebuilt_midi(score, bpm: float):
-    """The score as the sets render it: its own tempo marks removed, ours inserted, written to MIDI."""
-    import music21
-    import pretty_midi
-
-    for mark in list(score.recurse().getElementsByClass(music21.tempo.MetronomeMark)):
-        mark.activeSite.remove(mark)
-    score.insert(0, music21.tempo.MetronomeMark(number=bpm))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "c.mid"
-        score.write("midi", fp=str(path))
-        return pretty_midi.PrettyMIDI(str(path))
+    """The score as the sets render it (the very function that makes them)."""
+    return score_midi_at(score, bpm)
 
 
 def onset_error_ms(wav: Path, onsets_s: np.ndarray) -> tuple[float, float]:
