@@ -75,9 +75,10 @@ def generate(model: TinyMU, prefix: Batch, target_start: torch.Tensor, *, max_ne
         # A call that timed out stops here, between two tokens, and frees its compute slot (model.cancel).
         cancel.check("the next token")
         for i, processors in enumerate(bans):
-            written = torch.tensor([out[i]], dtype=torch.long, device=logits.device)
-            for processor in processors:
-                logits[i : i + 1] = processor(written, logits[i : i + 1])
+            if processors:
+                written = torch.tensor([out[i]], dtype=torch.long, device=logits.device)
+                for processor in processors:
+                    logits[i : i + 1] = processor(written, logits[i : i + 1])
         token = _next_token(logits, temperature, top_p, generator)
         for i in range(batch):
             if not done[i]:
