@@ -9,13 +9,12 @@ music21 = pytest.importorskip("music21")
 
 
 def test_the_rebuilt_midi_keeps_the_scores_timing_so_bar_grid_labels_fall_on_its_notes():
-    from training.bench.dsp_labelaudit import fermata_beats, rebuilt_midi
-    from training.corpora import bar_grid_downbeats
+    from training.bench.dsp_labelaudit import fermata_beats
+    from training.corpora import bar_grid_downbeats, measure_spans, score_midi_at
 
     score = music21.corpus.parse("bach/bwv101.7.mxl")
-    measures = [(float(m.offset), float(m.duration.quarterLength)) for m in score.parts[0].getElementsByClass(music21.stream.Measure)]
-    downbeats_q = bar_grid_downbeats(measures, 4.0)
-    midi = rebuilt_midi(score, 86.0)
+    downbeats_q = bar_grid_downbeats(measure_spans(score.parts[0]), 4.0)
+    midi = score_midi_at(score, 86.0)
     beat = 60.0 / 86.0
     assert len(midi.get_tempo_changes()[1]) == 1 and midi.get_tempo_changes()[1][0] == pytest.approx(86.0, abs=0.01)
     onsets_q = np.array(sorted({n.start for inst in midi.instruments for n in inst.notes})) / beat

@@ -163,6 +163,18 @@ def planetblupi_clips(out: Path) -> list[Clip]:
 CHORALE_LABELS = "bar grid"
 
 
+def measure_spans(part) -> list[tuple[float, float]]:
+    """(offset, length) in quarter notes of each measure of a music21 part."""
+    import music21
+
+    return [(float(m.offset), float(m.duration.quarterLength)) for m in part.getElementsByClass(music21.stream.Measure)]
+
+
+def opening_pickup(measures: list[tuple[float, float]], bar_quarters: float) -> float:
+    """The length of the opening pickup (a first measure shorter than a bar), 0 without one."""
+    return measures[0][1] if measures and measures[0][1] < bar_quarters else 0.0
+
+
 def bar_grid_downbeats(measures: list[tuple[float, float]], bar_quarters: float) -> list[float]:
     """Offsets (quarter notes) of the measures that start a bar, from (offset, length) of each measure.
 
@@ -171,9 +183,7 @@ def bar_grid_downbeats(measures: list[tuple[float, float]], bar_quarters: float)
     would label that pickup a downbeat. A measure starts a bar only when it lies on the grid that
     the opening pickup (a first measure shorter than a bar) sets, which is what the meter says.
     """
-    if not measures:
-        return []
-    pickup = measures[0][1] if measures[0][1] < bar_quarters else 0.0
+    pickup = opening_pickup(measures, bar_quarters)
     return [offset for offset, _ in measures if offset >= pickup and (offset - pickup) % bar_quarters < 1e-6]
 
 
@@ -231,7 +241,7 @@ def chorale_clips(out: Path, n: int = 24) -> list[Clip]:
         if len(tempi) != 1 or abs(tempi[0] - bpm) > 0.01:
             continue  # the label would not describe the audio
         beat_s = 60.0 / bpm
-        measures = [(float(m.offset), float(m.duration.quarterLength)) for m in parts[0].getElementsByClass(music21.stream.Measure)]
+        measures = measure_spans(parts[0])
         downbeats = [q * beat_s for q in bar_grid_downbeats(measures, float(meter.barDuration.quarterLength))]
         end = min(EXCERPT_S, midi.get_end_time())
         beats = np.arange(0.0, end, beat_s)

@@ -227,6 +227,14 @@ def estimates_for(system: str, clips: list[Clip], root: Path, cache: Path, state
 # ---- scoring ----------------------------------------------------------------------------
 
 
+def f_measure(reference, found) -> float:
+    """mir_eval's beat F-measure of `found` times against `reference` times, both trimmed of their first 5 s."""
+    import mir_eval
+
+    trim = mir_eval.beat.trim_beats
+    return float(mir_eval.beat.f_measure(trim(np.array(reference, dtype=float)), trim(np.array(found, dtype=float))))
+
+
 def score(clips: list[Clip], estimates: list[dict]) -> dict[str, float | None]:
     import mir_eval
 
@@ -235,14 +243,12 @@ def score(clips: list[Clip], estimates: list[dict]) -> dict[str, float | None]:
         ratio = est["bpm"] / truth.tempo_bpm if est["bpm"] else 0.0
         acc1.append(abs(ratio - 1) <= 0.04)
         acc2.append(any(abs(ratio / m - 1) <= 0.04 for m in (1, 2, 0.5, 3, 1 / 3)))
-        ref_beats = mir_eval.beat.trim_beats(np.array(truth.beats_s))
-        beat_f.append(mir_eval.beat.f_measure(ref_beats, mir_eval.beat.trim_beats(np.array(est["beats"], dtype=float))))
+        beat_f.append(f_measure(truth.beats_s, est["beats"]))
         if est["downbeats"] is not None:
-            ref_down = mir_eval.beat.trim_beats(np.array(truth.downbeats_s))
-            down_f.append(mir_eval.beat.f_measure(ref_down, mir_eval.beat.trim_beats(np.array(est["downbeats"], dtype=float))))
+            down_f.append(f_measure(truth.downbeats_s, est["downbeats"]))
             meter.append(est["beats_per_bar"] == truth.beats_per_bar)
             if "dbn_downbeats" in est:
-                dbn_f.append(mir_eval.beat.f_measure(ref_down, mir_eval.beat.trim_beats(np.array(est["dbn_downbeats"], dtype=float))))
+                dbn_f.append(f_measure(truth.downbeats_s, est["dbn_downbeats"]))
         if truth.key:
             key_w.append(mir_eval.key.weighted_score(truth.key, est["key"]) if est["key"] else 0.0)
         cpu.append(est["cpu_s"])
@@ -286,18 +292,15 @@ def bar_phases(truth: Clip, downbeats: list[float]) -> list[int]:
 
 def phase_report(clips: list[Clip], estimates: dict[str, list[dict]]) -> list[str]:
     """Per tuning clip with downbeats: each bar-tracking system's downbeat F and its bar_phases."""
-    import mir_eval
-
     lines = []
     for i, truth in enumerate(clips):
         if truth.held_out or "ours" not in estimates or estimates["ours"][i]["downbeats"] is None:
             continue
-        ref = mir_eval.beat.trim_beats(np.array(truth.downbeats_s))
         cells = []
         for label, system, key in (("ours", "ours", "downbeats"), ("DBN phase", "ours", "dbn_downbeats"), ("madmom", "madmom", "downbeats")):
             if system in estimates and estimates[system][i].get(key) is not None:
                 found = estimates[system][i][key]
-                f = mir_eval.beat.f_measure(ref, mir_eval.beat.trim_beats(np.array(found, dtype=float)))
+                f = f_measure(truth.downbeats_s, found)
                 cells.append(f"{label} F {f:.2f} {bar_phases(truth, found)}")
         lines.append(f"{truth.set}/{truth.name}: " + "; ".join(cells))
     return lines

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.corpora import score_midi_at
+from training.bench.dsp import f_measure
+from training.corpora import bar_grid_downbeats, measure_spans, opening_pickup, score_midi_at
 
 BAR_TRACKERS = ["ours", "madmom"]
 
@@ -52,11 +53,6 @@ def fermata_beats(score, pickup_q: float, bar_q: float, until_q: float) -> Count
     return counts
 
 
-def rebuilt_midi(score, bpm: float):
-    """The score as the sets render it (the very function that makes them)."""
-    return score_midi_at(score, bpm)
-
-
 def onset_error_ms(wav: Path, onsets_s: np.ndarray) -> tuple[float, float]:
     """Median and 90th percentile distance (ms) from each onset peak of the audio to the nearest MIDI onset."""
     import librosa
@@ -70,20 +66,16 @@ def onset_error_ms(wav: Path, onsets_s: np.ndarray) -> tuple[float, float]:
 
 
 def downbeat_f(clip: dict, cache: Path, system: str, version: str) -> float | None:
-    import mir_eval
-
     entry = cache / system / f"{clip['set']}_{clip['name']}_{version}.json"
     if not entry.exists():
         return None
-    found = np.array(json.loads(entry.read_text())["downbeats"], dtype=float)
-    return float(mir_eval.beat.f_measure(mir_eval.beat.trim_beats(np.array(clip["downbeats_s"])), mir_eval.beat.trim_beats(found)))
+    return f_measure(clip["downbeats_s"], json.loads(entry.read_text())["downbeats"])
 
 
 def audit(corpora: Path, cache: Path) -> list[str]:
     import music21
 
     from training.bench.dsp import _ours_version
-    from training.corpora import bar_grid_downbeats
 
     versions = {"ours": _ours_version(), "madmom": "1"}
     scores = {Path(str(p)).stem.replace(".", "_"): p for p in music21.corpus.getComposer("bach") if Path(str(p)).name.startswith("bwv")}
@@ -98,7 +90,7 @@ def audit(corpora: Path, cache: Path) -> list[str]:
             score = music21.corpus.parse(scores[name])
             if set_name == "forms":
                 score = score.expandRepeats()
-            midi = rebuilt_midi(score, clip["tempo_bpm"])
+            midi = score_midi_at(score, clip["tempo_bpm"])  # the very function that made the set's MIDI
             onsets = np.array(sorted({n.start for inst in midi.instruments for n in inst.notes}))
             onsets = onsets[onsets < clip["duration_s"]]
             median, p90 = onset_error_ms(corpora / clip["path"], onsets)
@@ -106,8 +98,8 @@ def audit(corpora: Path, cache: Path) -> list[str]:
             row = (f"{set_name} {name} ({'held out' if clip['held_out'] else 'tuning'}, {bar}/4, {clip['tempo_bpm']:g} bpm):"
                    f" MIDI tempi {[round(float(t), 2) for t in tempi]}, audio onset peaks to MIDI onsets {median:.0f} ms"
                    f" (90 % {p90:.0f} ms)")
-            measures = [(float(m.offset), float(m.duration.quarterLength)) for m in score.parts[0].getElementsByClass(music21.stream.Measure)]
-            pickup = measures[0][1] if measures[0][1] < bar else 0.0
+            measures = measure_spans(score.parts[0])
+            pickup = opening_pickup(measures, bar)
             if set_name == "chorales":
                 grid = np.array(bar_grid_downbeats(measures, float(bar))) * beat
                 grid = grid[grid < clip["duration_s"]]
