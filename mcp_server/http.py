@@ -11,13 +11,22 @@ leaves two gaps this module closes:
 - uvicorn closes an idle connection only after a response (keep-alive); a client
   that connects and never sends a request holds its socket forever. The protocol
   below arms the same timer when the connection is made.
+
+It is uvicorn's httptools protocol (a C parser) on uvloop where those are installed
+(they are dependencies), so accepting a connection and parsing a request cost the event
+loop little while a burst of calls arrives: cached answers wait for the loop, not for
+analyses (docs/reliability.md, the load benchmark).
 """
 
 from __future__ import annotations
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # httptools is a dependency; h11 (pure Python) only where its wheel could not be installed
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _UvicornProtocol
+except ImportError:  # pragma: no cover
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornProtocol
 
 from agent_tools.config import Settings
 
@@ -25,8 +34,8 @@ from agent_tools.config import Settings
 IDLE_CONNECTION_S = 15.0
 
 
-class ClosesSilentConnections(H11Protocol):
-    """uvicorn's h11 protocol, with the keep-alive timeout also running before the first request."""
+class ClosesSilentConnections(_UvicornProtocol):
+    """uvicorn's HTTP protocol, with the keep-alive timeout also running before the first request."""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
