@@ -50,7 +50,9 @@ WORKER_NICENESS = 10
 def _warm_up(parent: int) -> None:
     from model.dsp.analyzer import default_analyzer
 
-    os.nice(WORKER_NICENESS)
+    # Relative to the server process, not to the thread that spawned this worker (a tool call's thread,
+    # which runs below the server's priority itself: mcp_server.server.CALL_NICENESS).
+    os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, parent) + WORKER_NICENESS))
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     default_analyzer().warm_up()
 

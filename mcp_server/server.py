@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -212,7 +213,8 @@ class ToolRunner:
         # it. Twice the calls in flight: timed-out calls leave the limiter at once but keep their thread until
         # their work reaches its next stop check (or a hung file system answers); beyond that, threads start
         # on demand as before.
-        self._pool = ThreadPoolExecutor(2 * max_calls_in_flight, thread_name_prefix="tinymu-call")
+        self._pool = ThreadPoolExecutor(2 * max_calls_in_flight, thread_name_prefix="tinymu-call",
+                                        initializer=run_below_the_event_loop)
         start_threads(self._pool, max_calls_in_flight)
 
     async def run(self, name: str, method: Callable, kwargs: dict, ctx: Context | None,
@@ -270,6 +272,22 @@ class ToolRunner:
             # the call, and log the traceback for the operator.
             log.exception("%s failed unexpectedly", name)
             raise ToolError(unexpected_error_message(name, exc)) from exc
+
+
+# Tool calls run this many nice levels below the server's event loop (and its cache-lookup threads), so under
+# load the loop gets a core to take in requests and give cached answers while analyses fill every core (the
+# load benchmark, docs/reliability.md). Analyses in DSP worker processes run there too (dsp_workers.WORKER_NICENESS).
+CALL_NICENESS = 10
+
+
+def run_below_the_event_loop() -> None:
+    """Lower the calling thread's CPU priority by CALL_NICENESS under the process's. On Linux a thread has a
+    priority of its own; elsewhere (no per-thread priority) it keeps the process's."""
+    try:
+        process = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, process + CALL_NICENESS))
+    except (AttributeError, OSError):  # no per-thread priorities here
+        pass
 
 
 def start_threads(pool: ThreadPoolExecutor, count: int) -> None:

@@ -8,6 +8,7 @@ each concurrent call started a thread of its own from the loop."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -131,3 +132,18 @@ async def test_calls_waiting_for_a_slot_sleep_until_it_is_free_or_they_time_out(
     assert tools._compute_slots.acquire(blocking=False)
     tools._compute_slots.release()
     assert wake_ups < waiting, f"{waiting} waiting threads woke {wake_ups} times in 1 s"
+
+
+def test_tool_calls_run_below_the_event_loops_cpu_priority():
+    # So the loop (requests in, cached answers out) gets a core while analyses in the calls' threads fill
+    # every core; measured by the load benchmark (docs/reliability.md), guarded here.
+    from mcp_server.server import CALL_NICENESS
+
+    runner = ToolRunner(timeout_s=10, max_calls_in_flight=2)
+
+    def own_priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert anyio.run(runner.run, "probe", own_priority, {}, None) == min(19, loop_priority + CALL_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_priority  # the loop's own is kept
