@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,13 @@ import torch
 from model.lm import decoding
 from model.lm.config import preset
 from model.lm.engine import load_engine
-from model.lm.grounding import forbidden_phrases, forbidden_token_sequences
+from model.lm.grounding import (
+    MeasuredNumbersOnly,
+    forbidden_phrases,
+    forbidden_token_sequences,
+    forbidding,
+    measured_numbers,
+)
 from model.lm.measurements import Measurements
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, build_prompt
 from model.lm.network import build_model
@@ -56,11 +64,44 @@ def test_generation_never_writes_a_forbidden_sequence():
     start = torch.tensor([tiny.target_start(embeds.shape[1])])
     free = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=())[0]
     # Forbid the free answer's first token, and its second token after its first.
-    first = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), forbidden=[[[free[0]]]])[0]
+    first = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), constraints=[forbidding([[free[0]]])])[0]
     assert free[0] not in first
-    pair = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), forbidden=[[free[:2]]])[0]
+    pair = decoding.generate(tiny, prefix, start, max_new_tokens=8, stop_ids=(), constraints=[forbidding([free[:2]])])[0]
     assert pair[0] == free[0] and pair[1] != free[1]
     assert all(pair[i:i + 2] != free[:2] for i in range(len(pair) - 1))
+
+
+def test_a_forbidden_genre_is_forbidden_from_its_first_token():
+    # " waltz" is " w|alt|z": banning the whole sequence let the decoder write " walt" and swerve ("walttala").
+    tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
+    sequences = forbidden_token_sequences(tokenizer, "What genre is this?", None)
+    for genre in (" waltz", " orchestral", " hiphop", " reggae"):
+        ids = tokenizer(genre, add_special_tokens=False).input_ids
+        assert len(ids) > 1 and ids[:1] in sequences, genre
+    heard = forbidden_token_sequences(tokenizer, "What genre is this?", "orchestral")
+    assert tokenizer(" orchestral", add_special_tokens=False).input_ids[:1] not in heard
+
+
+def test_only_the_measured_numbers_can_be_written():
+    tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
+    numbers = measured_numbers(Measurements(119.6, "3/4", "G major"))
+    assert numbers == ("120", "3", "4")
+    processor = MeasuredNumbersOnly(tokenizer, numbers)
+    digit = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
+
+    def writable_after(text: str) -> set[str]:
+        written = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids or [0]])
+        scores = processor(written, torch.zeros(1, len(tokenizer)))
+        return {d for d, i in digit.items() if scores[0, i] > float("-inf")}
+
+    assert writable_after("The tempo is about ") == {"1", "3", "4"}
+    assert writable_after("The tempo is about 1") == {"2"}
+    written = torch.tensor([tokenizer("about 1", add_special_tokens=False).input_ids])
+    finished = processor(written, torch.zeros(1, len(tokenizer)))
+    assert (finished[0] > float("-inf")).nonzero().flatten().tolist() == [digit["2"]]  # nothing but the next digit
+    assert writable_after("The tempo is about 12") == {"0"}
+    assert writable_after("The tempo is about 120") == set()  # no "1200", no "128"
+    assert writable_after("in 3/") == {"1", "3", "4"}
 
 
 def _heard_clip(seconds: float = 10.0) -> np.ndarray:
@@ -88,6 +129,11 @@ def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
                 assert measured.key and value.split()[-1] == measured.key.split()[-1], text
             elif attribute == "style":
                 assert heard is not None, text
+        allowed = set(measured_numbers(measured)) if measured.tempo_bpm else set()
+        numbers = re.findall(r"\d+", text)
+        if numbers and text.endswith(numbers[-1]) and any(n.startswith(numbers[-1]) for n in allowed):
+            numbers.pop()  # cut off by max_new_tokens halfway through an allowed number
+        assert set(numbers) <= allowed, text
 
 
 def test_multiple_choice_by_generation_is_not_grounded():

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import (
-    DynamicCache,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-)
+from transformers import DynamicCache, LogitsProcessor
 
 from model import cancel
 from model.lm.config import EOS_ID, PAD_ID
@@ -54,13 +50,12 @@ def _trim(tokens: list[int], stop_ids: tuple[int, ...] = STOP_IDS) -> list[int]:
 @torch.inference_mode()
 def generate(model: TinyMU, prefix: Batch, target_start: torch.Tensor, *, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 0.9, seed: int | None = None,
-             stop_ids: tuple[int, ...] = STOP_IDS, forbidden: list[list[list[int]]] | None = None) -> list[list[int]]:
+             stop_ids: tuple[int, ...] = STOP_IDS,
+             constraints: list[list[LogitsProcessor]] | None = None) -> list[list[int]]:
     """Greedy (temperature 0) or nucleus sampling, batched, with a KV cache. Returns the
     new token ids of every row, without the stop token. `stop_ids=()` never stops early
-    (benchmarks). `forbidden[i]`: token sequences row i may not write (model.lm.grounding)."""
-    # A row with forbidden words also never repeats a 3-gram: kept from its usual words, a small decoder
-    # otherwise loops ("- - - -").
-    bans = [(NoBadWordsLogitsProcessor(seqs), NoRepeatNGramLogitsProcessor(3)) if seqs else () for seqs in forbidden or []]
+    (benchmarks). `constraints[i]`: logits processors for row i, given what it has written
+    (model.lm.grounding.constraints)."""
     generator = None
     if temperature > 0 and seed is not None:
         generator = torch.Generator(device=prefix.inputs_embeds.device).manual_seed(seed)
@@ -74,7 +69,7 @@ def generate(model: TinyMU, prefix: Batch, target_start: torch.Tensor, *, max_ne
     for step in range(max_new_tokens):
         # A call that timed out stops here, between two tokens, and frees its compute slot (model.cancel).
         cancel.check("the next token")
-        for i, processors in enumerate(bans):
+        for i, processors in enumerate(constraints or []):
             if processors:
                 written = torch.tensor([out[i]], dtype=torch.long, device=logits.device)
                 for processor in processors:

@@ -217,10 +217,10 @@ class MusicLM:
             prefix = self.model.build_prefix(embeds, prompts)
             start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
             ground = self.grounded and (grounded is None or grounded)
-            forbidden = ([grounding.forbidden_token_sequences(self.tokenizer, q, g) for q, g in zip(questions, genres)]
-                         if ground else None)
+            constraints = ([grounding.constraints(self.tokenizer, q, g) for q, g in zip(questions, genres)]
+                           if ground else None)
             out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, seed=seed, forbidden=forbidden)
+                                    temperature=temperature, top_p=top_p, seed=seed, constraints=constraints)
         return [self._decode(ids) for ids in out]
 
     def caption(self, audio: np.ndarray, *, max_new_tokens: int = 96) -> str:

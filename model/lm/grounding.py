@@ -13,6 +13,13 @@ names are forbidden always (the prompt never states chords). The model still
 chooses its sentence; it can only state a tempo, key or genre the tools stand behind, so
 a free-form fact is as right as the measurement or the classifier behind it.
 
+Two gaps of word-level bans are closed as well. A genre of several tokens (" w|alt|z")
+is forbidden from its first token on: forbidding only the whole sequence let the decoder
+start the word and swerve at the last token ("walttala", "hipExplore"). And numbers: where
+a tempo was measured, the only numbers it may write are the measured BPM and the meter's
+(`MeasuredNumbersOnly`); the word bans alone let "about 120 BPM" be followed by "128BPM"
+or "around 83 BPM".
+
 Multiple choice is not affected: options are scored, not written.
 """
 
@@ -20,6 +27,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+
+import torch
+from transformers import LogitsProcessor, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor
 
 from model.lm.measurements import Measurements, tempo_class
 
@@ -95,7 +105,81 @@ def _token_sequences(tokenizer, phrase: str) -> tuple[tuple[int, ...], ...]:
 
 def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -> list[list[int]]:
     """Token sequences the answer to `prompt` may not contain, from the measurement sentence in the
-    prompt (none: nothing measured) and the heard genre."""
+    prompt (none: nothing measured) and the heard genre. A forbidden genre of several tokens is
+    forbidden from its first token (one that starts a word) on."""
     measured = Measurements.from_prompt(prompt)
-    sequences = {seq for phrase in forbidden_phrases(measured, heard_genre) for seq in _token_sequences(tokenizer, phrase)}
+    phrases = forbidden_phrases(measured, heard_genre)
+    sequences = {seq for phrase in phrases for seq in _token_sequences(tokenizer, phrase)}
+    genres = {word for family in GENRE_FAMILIES for word in family}
+    sequences |= {seq[:1] for phrase in phrases if phrase in genres for seq in _token_sequences(tokenizer, phrase)
+                  if len(seq) > 1 and _starts_a_word(tokenizer.decode(seq[:1]))}
     return [list(seq) for seq in sorted(sequences) if seq]
+
+
+def _starts_a_word(token: str) -> bool:
+    """A token that begins a word after a space, other than a capital letter alone (" G" of " Grunge" is
+    also the note G)."""
+    letters = token[1:]
+    return token.startswith(" ") and bool(letters) and (len(letters) > 1 or letters.islower())
+
+
+class MeasuredNumbersOnly(LogitsProcessor):
+    """Digits only as part of one of `numbers` (e.g. the measured "120" and the meter's "4"): a digit may
+    start a number only as the first digit of one of them, continue it only along one of them, and a number
+    begun is finished ("7" of "70" is followed by "0"). Tokens that mix digits with other characters are
+    never written. Applied to one row at a time."""
+
+    def __init__(self, tokenizer, numbers: tuple[str, ...]):
+        self.numbers = numbers
+        self.digit_ids, self.mixed_ids = _digit_tokens(tokenizer)
+        self.digit_of = {token: digit for digit, token in self.digit_ids.items()}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        run = ""  # the digits the row has just written
+        for token in reversed(input_ids[0].tolist()):
+            if token not in self.digit_of:
+                break
+            run = self.digit_of[token] + run
+        allowed = {number[len(run)] for number in self.numbers if number.startswith(run) and len(number) > len(run)}
+        if run and run not in self.numbers:  # half a number ("7" of "70"): only its next digit may follow
+            kept = [self.digit_ids[digit] for digit in allowed]
+            limited = torch.full_like(scores, float("-inf"))
+            limited[:, kept] = scores[:, kept]
+            return limited
+        banned = [token for digit, token in self.digit_ids.items() if digit not in allowed] + list(self.mixed_ids)
+        scores[:, banned] = float("-inf")
+        return scores
+
+
+@lru_cache(maxsize=4)
+def _digit_tokens(tokenizer) -> tuple[dict[str, int], tuple[int, ...]]:
+    """The ids of the single-digit tokens, and of every other token that holds a digit."""
+    digits, mixed = {}, []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if text in "0123456789" and len(text) == 1:
+            digits[text] = token_id
+        elif any(c.isdigit() for c in text):
+            mixed.append(token_id)
+    return digits, tuple(mixed)
+
+
+def measured_numbers(measured: Measurements) -> tuple[str, ...]:
+    """The numbers an answer may state: the measured BPM as the sentence prints it, and the meter's."""
+    numbers = [str(round(measured.tempo_bpm))] if measured.tempo_bpm else []
+    return tuple(numbers + (measured.meter.split("/") if measured.meter else []))
+
+
+def forbidding(sequences: list[list[int]]) -> list[LogitsProcessor]:
+    """Processors that keep a row from writing any of `sequences`. A row with forbidden words also never
+    repeats a 3-gram: kept from its usual words, a small decoder otherwise loops ("- - - -")."""
+    return [NoBadWordsLogitsProcessor(sequences), NoRepeatNGramLogitsProcessor(3)] if sequences else []
+
+
+def constraints(tokenizer, prompt: str, heard_genre: str | None) -> list[LogitsProcessor]:
+    """What grounded decoding applies to the answer to `prompt` (decoding.generate's `constraints`)."""
+    processors = forbidding(forbidden_token_sequences(tokenizer, prompt, heard_genre))
+    measured = Measurements.from_prompt(prompt)
+    if measured.tempo_bpm:  # without one, standalone numbers are forbidden words already (TEMPO_UNITS)
+        processors.append(MeasuredNumbersOnly(tokenizer, measured_numbers(measured)))
+    return processors
