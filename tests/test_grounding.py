@@ -82,11 +82,22 @@ def test_a_forbidden_genre_is_forbidden_from_its_first_token():
     assert tokenizer(" orchestral", add_special_tokens=False).input_ids[:1] not in heard
 
 
+def test_the_measured_tonic_is_never_written_as_a_chord():
+    tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
+    sequences = forbidden_token_sequences(tokenizer, with_measurements("Describe it.", Measurements(key="G major")), None)
+    ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    assert ids(" G") + ids("m") in sequences and ids(" Eb") + ids("dim") in sequences  # "Gm(aj7)", "Ebdim"
+    assert ids(" G") not in sequences and ids(" G major") not in sequences
+    assert ids(" G") + ids("#") in sequences and ids(" G") + ids(" #") in sequences  # no "G#major" for G major
+    flat = forbidden_token_sequences(tokenizer, with_measurements("Describe it.", Measurements(key="Bb minor")), None)
+    assert ids(" B") + ids("b") not in flat and ids(" B") + ids("#") in flat
+
+
 def test_only_the_measured_numbers_can_be_written():
     tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
     numbers = measured_numbers(Measurements(119.6, "3/4", "G major"))
-    assert numbers == ("120", "3", "4")
-    processor = MeasuredNumbersOnly(tokenizer, numbers)
+    assert numbers == (("120", "3"), ("4",))
+    processor = MeasuredNumbersOnly(tokenizer, *numbers)
     digit = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
 
     def writable_after(text: str) -> set[str]:
@@ -94,14 +105,17 @@ def test_only_the_measured_numbers_can_be_written():
         scores = processor(written, torch.zeros(1, len(tokenizer)))
         return {d for d, i in digit.items() if scores[0, i] > float("-inf")}
 
-    assert writable_after("The tempo is about ") == {"1", "3", "4"}
+    assert writable_after("The tempo is about ") == {"1", "3"}
     assert writable_after("The tempo is about 1") == {"2"}
     written = torch.tensor([tokenizer("about 1", add_special_tokens=False).input_ids])
     finished = processor(written, torch.zeros(1, len(tokenizer)))
     assert (finished[0] > float("-inf")).nonzero().flatten().tolist() == [digit["2"]]  # nothing but the next digit
     assert writable_after("The tempo is about 12") == {"0"}
     assert writable_after("The tempo is about 120") == set()  # no "1200", no "128"
-    assert writable_after("in 3/") == {"1", "3", "4"}
+    assert writable_after("in 3/") == {"4"}
+    nothing_measured = MeasuredNumbersOnly(tokenizer, *measured_numbers(Measurements()))
+    scores = nothing_measured(torch.tensor([[0]]), torch.zeros(1, len(tokenizer)))
+    assert all(scores[0, i] == float("-inf") for i in digit.values())
 
 
 def _heard_clip(seconds: float = 10.0) -> np.ndarray:
@@ -129,7 +143,7 @@ def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
                 assert measured.key and value.split()[-1] == measured.key.split()[-1], text
             elif attribute == "style":
                 assert heard is not None, text
-        allowed = set(measured_numbers(measured)) if measured.tempo_bpm else set()
+        allowed = {number for numbers in measured_numbers(measured) for number in numbers}
         numbers = re.findall(r"\d+", text)
         if numbers and text.endswith(numbers[-1]) and any(n.startswith(numbers[-1]) for n in allowed):
             numbers.pop()  # cut off by max_new_tokens halfway through an allowed number

@@ -15,10 +15,11 @@ a free-form fact is as right as the measurement or the classifier behind it.
 
 Two gaps of word-level bans are closed as well. A genre of several tokens (" w|alt|z")
 is forbidden from its first token on: forbidding only the whole sequence let the decoder
-start the word and swerve at the last token ("walttala", "hipExplore"). And numbers: where
-a tempo was measured, the only numbers it may write are the measured BPM and the meter's
-(`MeasuredNumbersOnly`); the word bans alone let "about 120 BPM" be followed by "128BPM"
-or "around 83 BPM".
+start the word and swerve at the last token ("walttala", "hipExplore"). And numbers: the only
+numbers an answer may write are the measured BPM and the meter's, none where nothing was
+measured (`MeasuredNumbersOnly`); the word bans alone let "about 120 BPM" be followed by
+"128BPM" or "around 83 BPM", and chord names in digits ("Cmaj7", "E7m") through. A note name
+is never followed by a chord quality ("Gm", "Gmaj").
 
 Multiple choice is not affected: options are scored, not written.
 """
@@ -52,9 +53,11 @@ TEMPO_UNITS = ("BPM", "bpm", "beats per minute", "tempo", "pace", "¾", "½", *(
 KEY_LEAD_INS = ("key", "keys", "tonality", "relative")
 # Chords are never measured in the prompt (the chord tool answers them), so no caption lists any.
 CHORD_WORDS = ("chord", "chords", "progression", " -")  # " -": the separator of a chord loop ("C - G - Am")
+CHORD_QUALITIES = ("m", "min", "dim", "sus", "aug", "add")  # right after a note name: "Gm", "Gmaj7", "F#min"
 MODES = ("major", "minor")
 TONIC_LETTERS = "ABCDEFG"
 ACCIDENTALS = {"": 0, "#": 1, "♯": 1, " sharp": 1, "b": -1, "♭": -1, " flat": -1}
+ACCIDENTAL_TOKENS = ("#", " #", "b", " b", "♯", "♭")  # as written right after a note name
 PITCH_OF_LETTER = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _MEASURED_KEY = re.compile(r"^([A-G])([#b]?) (major|minor)$")
 
@@ -113,7 +116,24 @@ def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -
     genres = {word for family in GENRE_FAMILIES for word in family}
     sequences |= {seq[:1] for phrase in phrases if phrase in genres for seq in _token_sequences(tokenizer, phrase)
                   if len(seq) > 1 and _starts_a_word(tokenizer.decode(seq[:1]))}
+    sequences |= _chord_names(tokenizer)
+    key = _MEASURED_KEY.match(measured.key or "")
+    if key:  # the measured tonic with another accidental ("C#minor", "C# Major" for C minor)
+        ids = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+        letter, accidental = key.group(1), key.group(2)
+        sequences |= {ids(space + letter) + ids(other) for space in (" ", "") for other in ACCIDENTAL_TOKENS
+                      if other.strip() != accidental}
     return [list(seq) for seq in sorted(sequences) if seq]
+
+
+@lru_cache(maxsize=4)
+def _chord_names(tokenizer) -> frozenset[tuple[int, ...]]:
+    """A note name followed by a chord quality, as the decoder writes it (" G" "m" "aj" "7"): the measured
+    tonic may be named, never as a chord (digits are MeasuredNumbersOnly's)."""
+    tonics = [f"{space}{name}{accidental}" for space in (" ", "") for name in TONIC_LETTERS
+              for accidental in ("", "b", "#", " #")]
+    ids = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    return frozenset(ids(tonic) + ids(quality) for tonic in tonics for quality in CHORD_QUALITIES)
 
 
 def _starts_a_word(token: str) -> bool:
@@ -124,29 +144,36 @@ def _starts_a_word(token: str) -> bool:
 
 
 class MeasuredNumbersOnly(LogitsProcessor):
-    """Digits only as part of one of `numbers` (e.g. the measured "120" and the meter's "4"): a digit may
-    start a number only as the first digit of one of them, continue it only along one of them, and a number
-    begun is finished ("7" of "70" is followed by "0"). Tokens that mix digits with other characters are
-    never written. Applied to one row at a time."""
+    """Digits only as part of one of `numbers` (e.g. the measured "120" and the meter's "3"), or right after
+    a "/" of `after_slash` (the meter's "4"): a digit may start a number only as the first digit of one of
+    them, continue it only along one of them, and a number begun is finished ("7" of "70" is followed by
+    "0"). A "/" only follows a number, and only where a meter was measured; tokens that mix digits with
+    other characters are never written. Applied to one row at a time."""
 
-    def __init__(self, tokenizer, numbers: tuple[str, ...]):
-        self.numbers = numbers
+    def __init__(self, tokenizer, numbers: tuple[str, ...], after_slash: tuple[str, ...] = ()):
+        self.numbers, self.after_slash = numbers, after_slash
         self.digit_ids, self.mixed_ids = _digit_tokens(tokenizer)
         self.digit_of = {token: digit for digit, token in self.digit_ids.items()}
+        self.slash = tokenizer.convert_tokens_to_ids("/")
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        written = input_ids[0].tolist()
         run = ""  # the digits the row has just written
-        for token in reversed(input_ids[0].tolist()):
+        for token in reversed(written):
             if token not in self.digit_of:
                 break
             run = self.digit_of[token] + run
-        allowed = {number[len(run)] for number in self.numbers if number.startswith(run) and len(number) > len(run)}
-        if run and run not in self.numbers:  # half a number ("7" of "70"): only its next digit may follow
+        before = written[-len(run) - 1] if len(written) > len(run) else None
+        numbers = self.after_slash if before == self.slash else self.numbers
+        allowed = {number[len(run)] for number in numbers if number.startswith(run) and len(number) > len(run)}
+        if run and run not in numbers:  # half a number ("7" of "70"): only its next digit may follow
             kept = [self.digit_ids[digit] for digit in allowed]
             limited = torch.full_like(scores, float("-inf"))
             limited[:, kept] = scores[:, kept]
             return limited
         banned = [token for digit, token in self.digit_ids.items() if digit not in allowed] + list(self.mixed_ids)
+        if not run or not self.after_slash:  # "/" only in a meter, after its first number
+            banned.append(self.slash)
         scores[:, banned] = float("-inf")
         return scores
 
@@ -164,10 +191,12 @@ def _digit_tokens(tokenizer) -> tuple[dict[str, int], tuple[int, ...]]:
     return digits, tuple(mixed)
 
 
-def measured_numbers(measured: Measurements) -> tuple[str, ...]:
-    """The numbers an answer may state: the measured BPM as the sentence prints it, and the meter's."""
+def measured_numbers(measured: Measurements) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The numbers an answer may state (the measured BPM as the sentence prints it, the meter's beats per
+    bar), and the one it may write after a "/" (the meter's note value: "3/4", never "4/4" then)."""
     numbers = [str(round(measured.tempo_bpm))] if measured.tempo_bpm else []
-    return tuple(numbers + (measured.meter.split("/") if measured.meter else []))
+    beats, _, unit = (measured.meter or "").partition("/")
+    return tuple(numbers + ([beats] if beats else [])), (unit,) if unit else ()
 
 
 def forbidding(sequences: list[list[int]]) -> list[LogitsProcessor]:
@@ -179,7 +208,4 @@ def forbidding(sequences: list[list[int]]) -> list[LogitsProcessor]:
 def constraints(tokenizer, prompt: str, heard_genre: str | None) -> list[LogitsProcessor]:
     """What grounded decoding applies to the answer to `prompt` (decoding.generate's `constraints`)."""
     processors = forbidding(forbidden_token_sequences(tokenizer, prompt, heard_genre))
-    measured = Measurements.from_prompt(prompt)
-    if measured.tempo_bpm:  # without one, standalone numbers are forbidden words already (TEMPO_UNITS)
-        processors.append(MeasuredNumbersOnly(tokenizer, measured_numbers(measured)))
-    return processors
+    return processors + [MeasuredNumbersOnly(tokenizer, *measured_numbers(Measurements.from_prompt(prompt)))]
