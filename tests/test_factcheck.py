@@ -45,3 +45,12 @@ def test_captions_are_shown_verbatim_in_a_table():
               "labels": {"style": "orchestral", "tempo_class": None, "key": "D minor", "mode": "minor"}}]
     table = captions_table(shown).splitlines()
     assert len(table) == 3 and table[2] == "| song-1 | key D minor | orchestral, D minor | A slow piece / in D minor. |"
+
+
+def test_non_words_are_the_words_a_decoder_made_up():
+    from training.factcheck import fluency, non_words
+
+    assert non_words("A waltz in Eb major at 120 BPM; the strings played a Dm chord. It isn't hiphop.") == []
+    assert non_words("A walttala melody in Gmajolo, with drums.") == ["walttala", "Gmajolo"]
+    counted = fluency(["A walttala melody.", "A slow waltz."])
+    assert counted == {"words": 6, "non_words": 1, "replies_with_non_words": 1, "replies": 2}

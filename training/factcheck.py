@@ -18,6 +18,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import typer
@@ -114,6 +115,47 @@ def is_yes_no(text: str) -> bool:
     return re.match(r"^\W*(yes|no)\b[^.?!]{0,30}[.!]?\s*$", text.strip().lower()) is not None
 
 
+# Words a caption may use that no dictionary lists: units, our genre spelling, contractions' stems.
+_OWN_WORDS = {"bpm", "hiphop", "synth", "synths", "aren", "isn", "doesn"}
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "ies")
+_NOTE_OR_CHORD = re.compile(r"[a-g]b?(m|maj|min|dim|sus|aug|add)?")  # "Eb", "Dm", "Cmaj" (lowered)
+
+
+@lru_cache(maxsize=1)
+def _dictionary() -> frozenset[str]:
+    from english_words import get_english_words_set  # the training extra
+
+    return frozenset(get_english_words_set(["web2", "gcide"], lower=True))
+
+
+def non_words(text: str) -> list[str]:
+    """The words of `text` that are in no English dictionary in any inflection, nor note names: what a
+    decoder writes when it swerves mid-word ("walttala", "Gmajolo")."""
+    words = _dictionary()
+
+    def known(word: str) -> bool:
+        word = word.lower()
+        if word in words or word in _OWN_WORDS or len(word) == 1 or _NOTE_OR_CHORD.fullmatch(word):
+            return True
+        stems = [word[: -len(suffix)] for suffix in _SUFFIXES if word.endswith(suffix)]
+        return any(stem in words or stem + "e" in words or stem + "y" in words for stem in stems)
+
+    return [word for word in re.findall(r"[A-Za-z]+", text) if not known(word)]
+
+
+def fluency(replies: list[str]) -> dict:
+    """How many words of `replies` are non-words, and in how many replies."""
+    found = [non_words(text) for text in replies]
+    return {"words": sum(len(re.findall(r"[A-Za-z]+", text)) for text in replies),
+            "non_words": sum(map(len, found)), "replies_with_non_words": sum(bool(f) for f in found),
+            "replies": len(replies)}
+
+
+def all_replies(report: dict) -> list[str]:
+    """Every caption and answer of a fact-check report."""
+    return [text for example in report["answers"] for text in [example["caption"], *example["answers"].values()]]
+
+
 def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure: bool | None = None) -> dict:
     """Ask each clip for a caption and the what-questions, as the tools do: with the clip's DSP
     measurements before the question when the model reads them (and `measure`)."""
@@ -171,6 +213,7 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
     engine.grounded = grounded and engine.grounded
     report = check(engine, chosen, data, seed=seed, measure=measure)
     report["checkpoint"], report["grounded"] = checkpoint, engine.grounded
+    report["fluency"] = fluency(all_replies(report))
     target = out or data / "factcheck.json"
     target.write_text(json.dumps(report, indent=1))
     share = report["share_true"]
@@ -178,7 +221,8 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
                f"checkable facts true ({'-' if share is None else f'{100 * share:.1f} %'}), "
                f"{report['facts_unverifiable']} unverifiable ({report['doubted_true'] + report['doubted_false']} "
                f"checkable facts in replies that say they are unsure); yes/no replies {report['yes_no_replies']} of "
-               f"{report['replies']}; wrote {target}")
+               f"{report['replies']}; {report['fluency']['non_words']} non-words in "
+               f"{report['fluency']['replies_with_non_words']} replies; wrote {target}")
     typer.echo(captions_table(report["shown"]))
 
 
