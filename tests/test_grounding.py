@@ -87,6 +87,7 @@ def test_the_measured_tonic_is_never_written_as_a_chord():
     sequences = forbidden_token_sequences(tokenizer, with_measurements("Describe it.", Measurements(key="G major")), None)
     ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     assert ids(" G") + ids("m") in sequences and ids(" Eb") + ids("dim") in sequences  # "Gm(aj7)", "Ebdim"
+    assert ids("maj") in sequences and ids(" maj") in sequences and ids(" major") not in sequences
     assert ids(" G") not in sequences and ids(" G major") not in sequences
     assert ids(" G") + ids("#") in sequences and ids(" G") + ids(" #") in sequences  # no "G#major" for G major
     flat = forbidden_token_sequences(tokenizer, with_measurements("Describe it.", Measurements(key="Bb minor")), None)

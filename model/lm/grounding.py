@@ -133,7 +133,8 @@ def _chord_names(tokenizer) -> frozenset[tuple[int, ...]]:
     tonics = [f"{space}{name}{accidental}" for space in (" ", "") for name in TONIC_LETTERS
               for accidental in ("", "b", "#", " #")]
     ids = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
-    return frozenset(ids(tonic) + ids(quality) for tonic in tonics for quality in CHORD_QUALITIES)
+    names = {ids(tonic) + ids(quality) for tonic in tonics for quality in CHORD_QUALITIES}
+    return frozenset(names | {ids("maj"), ids(" maj")})  # "maj" glued to any word ("keymaj..."), or alone
 
 
 def _starts_a_word(token: str) -> bool:
