@@ -54,3 +54,13 @@ def test_non_words_are_the_words_a_decoder_made_up():
     assert non_words("A walttala melody in Gmajolo, with drums.") == ["walttala", "Gmajolo"]
     counted = fluency(["A walttala melody.", "A slow waltz."])
     assert counted == {"words": 6, "non_words": 1, "replies_with_non_words": 1, "replies": 2}
+
+
+def test_stray_numbers_are_numbers_the_measurements_do_not_state():
+    from training.factcheck import stray_numbers
+
+    report = {"answers": [{"measured": "Measured: tempo 120 BPM (medium), meter 3/4.",
+                           "caption": "About 120 BPM in 3/4, with a 128BPM beat.",
+                           "answers": {"q": "Around 83 BPM.", "r": "It moves at 12"}}]}
+    # 120, 3, 4 measured; 128 and 83 are not; the 12 at the end was cut off by the token limit.
+    assert stray_numbers(report) == {"numbers": 5, "not_measured": 2}

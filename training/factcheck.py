@@ -151,6 +151,21 @@ def fluency(replies: list[str]) -> dict:
             "replies": len(replies)}
 
 
+def stray_numbers(report: dict) -> dict:
+    """Numbers the replies state, and how many of them are no number of the clip's measurement sentence
+    (its BPM, its meter's); a number at a reply's very end is not counted (cut off by the token limit)."""
+    stated = stray = 0
+    for example in report["answers"]:
+        measured = set(re.findall(r"\d+", example["measured"]))
+        for text in [example["caption"], *example["answers"].values()]:
+            numbers = re.findall(r"\d+", text)
+            if numbers and text.rstrip().endswith(numbers[-1]):
+                numbers.pop()
+            stated += len(numbers)
+            stray += sum(number not in measured for number in numbers)
+    return {"numbers": stated, "not_measured": stray}
+
+
 def all_replies(report: dict) -> list[str]:
     """Every caption and answer of a fact-check report."""
     return [text for example in report["answers"] for text in [example["caption"], *example["answers"].values()]]
@@ -213,7 +228,7 @@ def main(checkpoint: str = typer.Option(..., help="checkpoint to ask"),
     engine.grounded = grounded and engine.grounded
     report = check(engine, chosen, data, seed=seed, measure=measure)
     report["checkpoint"], report["grounded"] = checkpoint, engine.grounded
-    report["fluency"] = fluency(all_replies(report))
+    report["fluency"] = fluency(all_replies(report)) | {"numbers": stray_numbers(report)}
     target = out or data / "factcheck.json"
     target.write_text(json.dumps(report, indent=1))
     share = report["share_true"]
