@@ -19,7 +19,7 @@ start the word and swerve at the last token ("walttala", "hipExplore"). And numb
 numbers an answer may write are the measured BPM and the meter's, none where nothing was
 measured (`MeasuredNumbersOnly`); the word bans alone let "about 120 BPM" be followed by
 "128BPM" or "around 83 BPM", and chord names in digits ("Cmaj7", "E7m") through. A note name
-is never followed by a chord quality ("Gm", "Gmaj").
+is never followed by a chord quality ("Gm", "Gmaj"), nor the measured tonic by another accidental.
 
 Multiple choice is not affected: options are scored, not written.
 """
@@ -119,10 +119,9 @@ def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -
     sequences |= _chord_names(tokenizer)
     key = _MEASURED_KEY.match(measured.key or "")
     if key:  # the measured tonic with another accidental ("C#minor", "C# Major" for C minor)
-        ids = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
         letter, accidental = key.group(1), key.group(2)
-        sequences |= {ids(space + letter) + ids(other) for space in (" ", "") for other in ACCIDENTAL_TOKENS
-                      if other.strip() != accidental}
+        sequences |= {_ids(tokenizer, space + letter) + _ids(tokenizer, other) for space in (" ", "")
+                      for other in ACCIDENTAL_TOKENS if other.strip() != accidental}
     return [list(seq) for seq in sorted(sequences) if seq]
 
 
@@ -132,9 +131,12 @@ def _chord_names(tokenizer) -> frozenset[tuple[int, ...]]:
     tonic may be named, never as a chord (digits are MeasuredNumbersOnly's)."""
     tonics = [f"{space}{name}{accidental}" for space in (" ", "") for name in TONIC_LETTERS
               for accidental in ("", "b", "#", " #")]
-    ids = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
-    names = {ids(tonic) + ids(quality) for tonic in tonics for quality in CHORD_QUALITIES}
-    return frozenset(names | {ids("maj"), ids(" maj")})  # "maj" glued to any word ("keymaj..."), or alone
+    names = {_ids(tokenizer, tonic) + _ids(tokenizer, quality) for tonic in tonics for quality in CHORD_QUALITIES}
+    return frozenset(names | {_ids(tokenizer, "maj"), _ids(tokenizer, " maj")})  # glued to a word ("keymaj"), or alone
+
+
+def _ids(tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def _starts_a_word(token: str) -> bool:
