@@ -633,7 +633,8 @@ def test_silent_http_connections_are_closed(http_server):
 def test_http_requests_are_parsed_in_c_on_uvloop(http_server):
     # Guards a design, measured by the load benchmark rather than timed here: with uvicorn's
     # pure-Python h11 parser on asyncio's loop, accepting and parsing a burst of 100 calls
-    # kept cached answers waiting (p95 0.43-0.60 s, against 0.34-0.48 s with these two).
+    # kept cached answers waiting (p95 0.30-0.60 s, within 0.5 s in 4 of 6 runs; with these two 0.34-0.52 s,
+    # 10 of 12; docs/reliability.md).
     import uvloop
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
