@@ -119,6 +119,7 @@ def is_yes_no(text: str) -> bool:
 _OWN_WORDS = {"bpm", "hiphop", "synth", "synths", "aren", "isn", "doesn"}
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "ies")
 _NOTE_OR_CHORD = re.compile(r"[a-g]b?(m|maj|min|dim|sus|aug|add)?")  # "Eb", "Dm", "Cmaj" (lowered)
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 @lru_cache(maxsize=1)
@@ -140,13 +141,13 @@ def non_words(text: str) -> list[str]:
         stems = [word[: -len(suffix)] for suffix in _SUFFIXES if word.endswith(suffix)]
         return any(stem in words or stem + "e" in words or stem + "y" in words for stem in stems)
 
-    return [word for word in re.findall(r"[A-Za-z]+", text) if not known(word)]
+    return [word for word in _WORD.findall(text) if not known(word)]
 
 
 def fluency(replies: list[str]) -> dict:
     """How many words of `replies` are non-words, and in how many replies."""
     found = [non_words(text) for text in replies]
-    return {"words": sum(len(re.findall(r"[A-Za-z]+", text)) for text in replies),
+    return {"words": sum(len(_WORD.findall(text)) for text in replies),
             "non_words": sum(map(len, found)), "replies_with_non_words": sum(bool(f) for f in found),
             "replies": len(replies)}
 
@@ -157,7 +158,7 @@ def stray_numbers(report: dict) -> dict:
     stated = stray = 0
     for example in report["answers"]:
         measured = set(re.findall(r"\d+", example["measured"]))
-        for text in [example["caption"], *example["answers"].values()]:
+        for text in _replies_of(example):
             numbers = re.findall(r"\d+", text)
             if numbers and text.rstrip().endswith(numbers[-1]):
                 numbers.pop()
@@ -166,9 +167,13 @@ def stray_numbers(report: dict) -> dict:
     return {"numbers": stated, "not_measured": stray}
 
 
+def _replies_of(example: dict) -> list[str]:
+    return [example["caption"], *example["answers"].values()]
+
+
 def all_replies(report: dict) -> list[str]:
     """Every caption and answer of a fact-check report."""
-    return [text for example in report["answers"] for text in [example["caption"], *example["answers"].values()]]
+    return [text for example in report["answers"] for text in _replies_of(example)]
 
 
 def check(engine, clips: list[ClipLabels], root: Path, *, seed: int = 0, measure: bool | None = None) -> dict:

@@ -110,7 +110,10 @@ def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -
     """Token sequences the answer to `prompt` may not contain, from the measurement sentence in the
     prompt (none: nothing measured) and the heard genre. A forbidden genre of several tokens is
     forbidden from its first token (one that starts a word) on."""
-    measured = Measurements.from_prompt(prompt)
+    return _forbidden_sequences(tokenizer, Measurements.from_prompt(prompt), heard_genre)
+
+
+def _forbidden_sequences(tokenizer, measured: Measurements, heard_genre: str | None) -> list[list[int]]:
     phrases = forbidden_phrases(measured, heard_genre)
     sequences = {seq for phrase in phrases for seq in _token_sequences(tokenizer, phrase)}
     genres = {word for family in GENRE_FAMILIES for word in family}
@@ -155,7 +158,8 @@ class MeasuredNumbersOnly(LogitsProcessor):
 
     def __init__(self, tokenizer, numbers: tuple[str, ...], after_slash: tuple[str, ...] = ()):
         self.numbers, self.after_slash = numbers, after_slash
-        self.digit_ids, self.mixed_ids = _digit_tokens(tokenizer)
+        self.digit_ids, mixed_ids = _digit_tokens(tokenizer)
+        self.mixed_ids = torch.tensor(mixed_ids, dtype=torch.long)  # banned at every step: indexed once
         self.digit_of = {token: digit for digit, token in self.digit_ids.items()}
         self.slash = tokenizer.convert_tokens_to_ids("/")
 
@@ -174,10 +178,11 @@ class MeasuredNumbersOnly(LogitsProcessor):
             limited = torch.full_like(scores, float("-inf"))
             limited[:, kept] = scores[:, kept]
             return limited
-        banned = [token for digit, token in self.digit_ids.items() if digit not in allowed] + list(self.mixed_ids)
+        banned = [token for digit, token in self.digit_ids.items() if digit not in allowed]
         if not run or not self.after_slash:  # "/" only in a meter, after its first number
             banned.append(self.slash)
         scores[:, banned] = float("-inf")
+        scores[:, self.mixed_ids.to(scores.device)] = float("-inf")
         return scores
 
 
@@ -210,5 +215,6 @@ def forbidding(sequences: list[list[int]]) -> list[LogitsProcessor]:
 
 def constraints(tokenizer, prompt: str, heard_genre: str | None) -> list[LogitsProcessor]:
     """What grounded decoding applies to the answer to `prompt` (decoding.generate's `constraints`)."""
-    processors = forbidding(forbidden_token_sequences(tokenizer, prompt, heard_genre))
-    return processors + [MeasuredNumbersOnly(tokenizer, *measured_numbers(Measurements.from_prompt(prompt)))]
+    measured = Measurements.from_prompt(prompt)
+    processors = forbidding(_forbidden_sequences(tokenizer, measured, heard_genre))
+    return processors + [MeasuredNumbersOnly(tokenizer, *measured_numbers(measured))]
