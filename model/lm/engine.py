@@ -34,7 +34,7 @@ from model.lm import decoding, grounding
 from model.lm.config import preset
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
 from model.lm.network import TinyMU, build_model
-from model.lm.prompts import CAPTION_PROMPT, HEARD_MIN_PROBABILITY, with_heard_genre
+from model.lm.prompts import CAPTION_PROMPT, HeardGenre, with_heard_genre
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +178,14 @@ class MusicLM:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, str | None]:
+    def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, HeardGenre]:
         """The clip's tokens in the decoder's space [T, 576], and the genre its clip classifier hears
-        (None without a genre hint or when unsure)."""
+        (with no word where the checkpoint has no genre hint or its classifier names none)."""
         wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
         tokens = self.model.encode_audio(wave)
         cancel.check("the decoder")  # a call that timed out while its audio was encoded stops here
-        return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens, HEARD_MIN_PROBABILITY)[0]
+        heard = self.model.heard_genre(tokens)[0] or HeardGenre("", 0.0)
+        return self.model.audio_embeddings(tokens)[0], heard
 
     def _hinted_prompt_tokens(self, text: str, genre: str | None) -> list[int]:
         """The prompt's ids with the genre hint in front; without it when the hint would not fit (and refused,
@@ -212,12 +213,13 @@ class MusicLM:
         for question in questions:
             self._prompt_tokens(question)  # too long: refused before any audio is encoded
         with self._lock, torch.inference_mode():
-            embeds, genres = zip(*(self._audio_embeds(audio) for audio, _ in items))
-            prompts = [self._hinted_prompt_tokens(q, g) for q, g in zip(questions, genres)]
+            embeds, heard = zip(*(self._audio_embeds(audio) for audio, _ in items))
+            prompts = [self._hinted_prompt_tokens(q, h.hint) for q, h in zip(questions, heard)]
             prefix = self.model.build_prefix(embeds, prompts)
             start = torch.tensor([self.model.target_start(e.shape[0]) for e in embeds], device=self.device)
             ground = self.grounded and (grounded is None or grounded)
-            constraints = ([grounding.constraints(self.tokenizer, q, g) for q, g in zip(questions, genres)]
+            # The answer may name the genre only where the classifier is surer than the hint needs.
+            constraints = ([grounding.constraints(self.tokenizer, q, h.stated) for q, h in zip(questions, heard)]
                            if ground else None)
             out = decoding.generate(self.model, prefix, start, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, seed=seed, constraints=constraints)
@@ -251,8 +253,9 @@ class MusicLM:
         if method != "loglik":
             raise InputError("method must be 'loglik' or 'generate'")
         with self._lock, torch.inference_mode():
-            embeds, genre = self._audio_embeds(audio)
-        return self.choose_embedded(embeds, question, options, length_normalize=length_normalize, heard_genre=genre)
+            embeds, heard = self._audio_embeds(audio)
+        return self.choose_embedded(embeds, question, options, length_normalize=length_normalize,
+                                    heard_genre=heard.hint)
 
     def choose_embedded(self, embeds: torch.Tensor, question: str, options: list[str], *,
                         length_normalize: bool = True, heard_genre: str | None = None) -> Choice:

@@ -40,7 +40,7 @@ GENRE_FAMILIES: tuple[tuple[str, ...], ...] = (
     ("rock", "metal", "punk", "grunge", "hard rock"),
     ("orchestral", "classical", "symphonic", "chamber", "baroque", "cinematic", "film score"),
     ("electronic", "techno", "house", "edm", "trance", "dubstep", "synthwave", "chiptune", "electro"),
-    ("jazz", "swing", "bebop"), ("pop",), ("ballad",), ("funk", "disco"), ("march",), ("bossa", "bossa nova", "samba"),
+    ("jazz", "jazzy", "swing", "bebop"), ("pop",), ("ballad",), ("funk", "disco"), ("march",), ("bossa", "bossa nova", "samba"),
     ("reggae", "ska"), ("hiphop", "hip hop", "hip-hop", "rap"), ("country",), ("waltz",), ("folk",), ("blues",),
     ("soul", "r&b"), ("latin",), ("ambient",),
 )
