@@ -143,7 +143,7 @@ def test_the_shipped_model_states_only_what_was_measured_or_heard(measured):
             elif attribute in ("key", "mode"):
                 assert measured.key and value.split()[-1] == measured.key.split()[-1], text
             elif attribute == "style":
-                assert heard is not None, text
+                assert heard.stated is not None, text
         allowed = {number for numbers in measured_numbers(measured) for number in numbers}
         numbers = re.findall(r"\d+", text)
         if numbers and text.endswith(numbers[-1]) and any(n.startswith(numbers[-1]) for n in allowed):

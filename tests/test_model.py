@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.errors import AudioTooShortError, InputError, InvalidSamplesError
-from model.lm import checkpoints, decoding
+from model.lm import checkpoints, decoding, grounding
 from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig, preset
 from model.lm.engine import load_engine
 from model.lm.muchomusic import (
@@ -435,7 +435,7 @@ def test_genre_hint_is_the_context_classifiers_genre_in_front_of_the_prompt(engi
     assert hinting.answer(clip, question, max_new_tokens=8) == hinted
     options = ["rock", "jazz", "orchestral", "electronic"]
     embeds, heard = hinting._audio_embeds(clip)
-    assert heard == "rock"
+    assert heard.hint == heard.stated == "rock"
     chosen = hinting.choose(clip, question, options)
     assert chosen.probabilities == pytest.approx(
         plain.choose_embedded(embeds, question, options, heard_genre="rock").probabilities, abs=1e-6)
@@ -451,8 +451,30 @@ def test_no_genre_hint_for_none_or_an_unsure_classifier(engine, favoured, streng
     """'none' is no genre; equal logits over three classes (p = 1/3) are below HEARD_MIN_PROBABILITY."""
     hinting, plain = _genre_hinting(engine, favoured, strength)
     clip = tone_clip(10.0, 330.0)
-    assert hinting._audio_embeds(clip)[1] is None
+    assert hinting._audio_embeds(clip)[1].hint is None
     assert hinting.answer(clip, "Describe it.", max_new_tokens=6) == plain.answer(clip, "Describe it.", max_new_tokens=6)
+
+
+def test_a_genre_the_classifier_is_unsure_of_is_hinted_but_never_stated(engine):
+    """p(rock) = 0.6: enough for the hint in front of the prompt (multiple choice reads it), not for a free-form
+    answer to name the genre: grounded decoding then forbids every genre word."""
+    import math
+
+    hinting, _ = _genre_hinting(engine, favoured=0, strength=math.log(0.6 / 0.2))  # rock 0.6, jazz 0.2, none 0.2
+    hinting.grounded = True
+    clip = tone_clip(10.0, 330.0)
+    heard = hinting._audio_embeds(clip)[1]
+    assert heard.probability == pytest.approx(0.6, abs=1e-3)
+    assert heard.hint == "rock" and heard.stated is None
+    sure, _ = _genre_hinting(engine, favoured=0)
+    sure.grounded = True
+    assert sure._audio_embeds(clip)[1].stated == "rock"
+    question = "What genre is this? It is"
+    rock = engine.tokenizer(" rock", add_special_tokens=False).input_ids
+    # Grounded on the unsure classifier the answer may not say "rock"; on the sure one it may.
+    assert rock in grounding.forbidden_token_sequences(engine.tokenizer, question, heard.stated)
+    assert rock not in grounding.forbidden_token_sequences(engine.tokenizer, question, "rock")
+    assert not any(w in hinting.answer(clip, question, max_new_tokens=12).lower() for w in ("rock", "jazz"))
 
 
 def test_delta_checkpoint_over_smollm2(tmp_path):

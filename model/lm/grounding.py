@@ -11,7 +11,10 @@ where nothing was measured or heard, every word of that kind is, with the lead-i
 ("The tempo is around") after which a small decoder finds its own way to a number. Chord
 names are forbidden always (the prompt never states chords). The model still
 chooses its sentence; it can only state a tempo, key or genre the tools stand behind, so
-a free-form fact is as right as the measurement or the classifier behind it.
+a free-form fact is as right as the measurement or the classifier behind it. The genre it
+may name is the classifier's only where it is sure (`HeardGenre.stated`, probability 0.9;
+the hint in front of the prompt starts at 0.4): on real music it is right about as often
+as not below that.
 
 Two gaps of word-level bans are closed as well. A genre of several tokens (" w|alt|z")
 is forbidden from its first token on: forbidding only the whole sequence let the decoder
