@@ -13,6 +13,14 @@ def test_facts_are_read_from_a_caption():
     assert ("mode", "minor") not in facts  # the key already says it
 
 
+def test_a_genre_in_other_words_is_a_genre_fact_once():
+    assert stated_facts("It is a symphony.") == [("style", "orchestral")]
+    assert stated_facts("It is electric dance music.") == [("style", "electronic")]
+    assert stated_facts("An orchestral, classical piece for orchestra.") == [("style", "orchestral")]
+    assert stated_facts("Heavy metal, then hip hop.") == [("style", "hiphop"), ("style", "rock")]
+    assert stated_facts("It is an electric guitar melody.") == []
+
+
 def test_each_fact_is_scored_against_the_labels():
     count = FactCount()
     for attribute, value in stated_facts("Fast rock in F# major with drums, played on a piano."):
@@ -64,3 +72,15 @@ def test_stray_numbers_are_numbers_the_measurements_do_not_state():
                            "answers": {"q": "Around 83 BPM.", "r": "It moves at 12"}}]}
     # 120, 3, 4 measured; 128 and 83 are not; the 12 at the end was cut off by the token limit.
     assert stray_numbers(report) == {"numbers": 5, "not_measured": 2}
+
+
+def test_a_saved_report_is_scored_again_against_the_labels():
+    """`--rescore`: the replies of an earlier run, scored with this checker and these labels."""
+    from training.factcheck import WHAT_QUESTIONS, score
+
+    example = {"file": "a.wav", "measured": "Measured: key D minor.", "caption": "It is a symphony in D minor.",
+               "answers": dict(zip(WHAT_QUESTIONS, ["Rock.", "No.", "Calm and slow."]))}
+    report = score([example], {"a.wav": CLIP})
+    assert (report["facts_true"], report["facts_false"]) == (3, 1)  # orchestral, D minor, slow true; rock false
+    assert report["yes_no_replies"] == 1 and report["replies"] == 4
+    assert report["answers"][0]["labels"]["style"] == "orchestral" and report["fluency"]["numbers"]["numbers"] == 0

@@ -82,6 +82,19 @@ def test_a_forbidden_genre_is_forbidden_from_its_first_token():
     assert tokenizer(" orchestral", add_special_tokens=False).input_ids[:1] not in heard
 
 
+def test_a_genre_said_in_other_words_is_forbidden_too():
+    # Forbidden "orchestral" and "electronic", the shipped decoder wrote "It is a symphony." and "electric dance
+    # music": each paraphrase is forbidden with its family, and the first word of a phrase stays free alone.
+    tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
+    ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    unsure = forbidden_token_sequences(tokenizer, "What genre is this?", None)
+    for phrase in (" symphony", " orchestra", " dance music", " big band", " bluegrass"):
+        assert ids(phrase) in unsure or ids(phrase)[:1] in unsure, phrase
+    assert ids(" big") not in unsure and ids(" dance") not in unsure
+    heard = forbidden_token_sequences(tokenizer, "What genre is this?", "orchestral")
+    assert ids(" symphony") not in heard and ids(" symphony")[:1] not in heard and ids(" dance music") in heard
+
+
 def test_the_measured_tonic_is_never_written_as_a_chord():
     tokenizer = load_engine("preset:tiny", device="cpu").tokenizer
     sequences = forbidden_token_sequences(tokenizer, with_measurements("Describe it.", Measurements(key="G major")), None)

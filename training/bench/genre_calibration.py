@@ -7,7 +7,7 @@ neither trained on nor held out (`CALIBRATION_PACKAGES`), whose genre comes from
 independent tagger trained on real music (musicnn, `training.tagger`), counted only
 where the tagger is sure. Prints, per threshold, on how many clips a genre would be
 named and how often it is right (the classifier's genre words at the coarse level of
-the fact check, `training.factcheck.SAME_GENRE`).
+the fact check, `training.factcheck.GENRE_OF`).
 
     python -m training.bench genre_calibration cut            # fetch the packages, cut clips
     make tagger && .cache/tagger-venv/bin/python -m training.tagger .cache/genre-calibration
@@ -70,7 +70,7 @@ def score(folder: Path = typer.Option(FOLDER),
 
     from model.lm.checkpoints import load_checkpoint
     from training.dataset import load_clip
-    from training.factcheck import SAME_GENRE
+    from training.factcheck import GENRE_OF
 
     tagged = json.loads((folder / "tags.json").read_text())
     model, _ = load_checkpoint(checkpoint)
@@ -80,7 +80,7 @@ def score(folder: Path = typer.Option(FOLDER),
         for name, probabilities in sorted(tagged["clips"].items()):
             heard = model.heard_genre(model.encode_audio(torch.from_numpy(load_clip(folder / name))[None]))[0]
             if heard is not None:
-                rows.append((tagger_genre(probabilities, tagged["tags"]), SAME_GENRE.get(heard.word, heard.word),
+                rows.append((tagger_genre(probabilities, tagged["tags"]), GENRE_OF.get(heard.word, heard.word),
                              heard.probability))
     sure = sum(truth is not None for truth, _, _ in rows)
     table = Table(title=f"heard genre vs musicnn's on {len(rows)} calibration clips ({sure} where the tagger is sure)")
