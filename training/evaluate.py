@@ -119,10 +119,11 @@ def rouge_l(hypothesis: str, reference: str) -> float:
 def _text_only(engine):
     """The same engine with zero audio tokens: the LM sees only [separator][prompt]."""
     from model.lm.engine import MusicLM
+    from model.lm.prompts import NOTHING_HEARD, HeardGenre
 
     class TextOnlyLM(MusicLM):
-        def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, None]:
-            return torch.zeros(0, self.model.cfg.lm.hidden_size, device=self.device, dtype=self.dtype), None
+        def _audio_embeds(self, audio: np.ndarray) -> tuple[torch.Tensor, HeardGenre]:
+            return torch.zeros(0, self.model.cfg.lm.hidden_size, device=self.device, dtype=self.dtype), NOTHING_HEARD
 
     clone = object.__new__(TextOnlyLM)
     clone.__dict__.update(engine.__dict__)

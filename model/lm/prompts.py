@@ -36,6 +36,9 @@ class HeardGenre(NamedTuple):
         return self.word if self.probability >= STATED_GENRE_MIN_PROBABILITY else None
 
 
+NOTHING_HEARD = HeardGenre("", 0.0)  # no genre hint in the checkpoint, or its classifier names none
+
+
 def with_measurements(question: str, measurements: Measurements | None) -> str:
     """The question as the model reads it: the DSP measurement sentence, then the question."""
     sentence = measurements.sentence() if measurements else ""
