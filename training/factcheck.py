@@ -258,6 +258,11 @@ def main(checkpoint: str = typer.Option(None, help="checkpoint to ask (default: 
                f"checkable facts in replies that say they are unsure); yes/no replies {report['yes_no_replies']} of "
                f"{report['replies']}; {report['fluency']['non_words']} non-words in "
                f"{report['fluency']['replies_with_non_words']} replies; wrote {target}")
+    # Key, tempo class and mode labels are our DSP's readings, which the model is given: genre is the fact
+    # checked against a label that is not ours, so it is printed on its own.
+    true, false = report["by_attribute"].get("style", [0, 0])
+    typer.echo(f"by attribute (true, false): {report['by_attribute']}; genre, the label not from our DSP: "
+               f"{true} of {true + false} true")
     typer.echo(captions_table(report["shown"]))
 
 
