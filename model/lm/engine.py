@@ -34,7 +34,7 @@ from model.lm import decoding, grounding
 from model.lm.config import preset
 from model.lm.muchomusic import IN_CONTEXT_EXAMPLE, LETTERS, build_prompt, score_answer
 from model.lm.network import TinyMU, build_model
-from model.lm.prompts import CAPTION_PROMPT, NOTHING_HEARD, HeardGenre, with_heard_genre
+from model.lm.prompts import CAPTION_PROMPT, HeardGenre, with_heard_genre
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class MusicLM:
         wave = torch.from_numpy(check_audio(audio, self.max_audio_s)).to(self.device).unsqueeze(0)
         tokens = self.model.encode_audio(wave)
         cancel.check("the decoder")  # a call that timed out while its audio was encoded stops here
-        return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens)[0] or NOTHING_HEARD
+        return self.model.audio_embeddings(tokens)[0], self.model.heard_genre(tokens)[0]
 
     def _hinted_prompt_tokens(self, text: str, genre: str | None) -> list[int]:
         """The prompt's ids with the genre hint in front; without it when the hint would not fit (and refused,

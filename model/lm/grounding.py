@@ -52,6 +52,7 @@ GENRE_FAMILIES: tuple[tuple[str, ...], ...] = (
     ("country", "bluegrass"), ("waltz",), ("folk", "celtic"), ("blues",), ("soul", "r&b"), ("latin", "tango", "salsa"),
     ("ambient",),
 )
+GENRE_WORDS = frozenset(word for family in GENRE_FAMILIES for word in family)
 TEMPO_WORDS = {"slow": ("slow", "slower", "largo", "adagio"), "medium": ("medium", "moderate", "mid-tempo", "andante"),
                "fast": ("fast", "faster", "quick", "brisk", "uptempo", "up-tempo", "allegro", "presto")}
 # Without a measured tempo no number of beats per minute is stated either, in any spelling: the decoder
@@ -111,7 +112,7 @@ def _spellings(phrase: str) -> set[str]:
 
 @lru_cache(maxsize=4096)
 def _token_sequences(tokenizer, phrase: str) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in sorted(_spellings(phrase)))
+    return tuple(_ids(tokenizer, text) for text in sorted(_spellings(phrase)))
 
 
 def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -> list[list[int]]:
@@ -124,9 +125,8 @@ def forbidden_token_sequences(tokenizer, prompt: str, heard_genre: str | None) -
 def _forbidden_sequences(tokenizer, measured: Measurements, heard_genre: str | None) -> list[list[int]]:
     phrases = forbidden_phrases(measured, heard_genre)
     sequences = {seq for phrase in phrases for seq in _token_sequences(tokenizer, phrase)}
-    genres = {word for family in GENRE_FAMILIES for word in family}
     # One word of several tokens only: the first word of "big band" or "dance music" is free on its own.
-    sequences |= {seq[:1] for phrase in phrases if phrase in genres and " " not in phrase
+    sequences |= {seq[:1] for phrase in phrases if phrase in GENRE_WORDS and " " not in phrase
                   for seq in _token_sequences(tokenizer, phrase) if len(seq) > 1 and _starts_a_word(tokenizer.decode(seq[:1]))}
     sequences |= _chord_names(tokenizer)
     key = _MEASURED_KEY.match(measured.key or "")

@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from model.lm.config import EOS_ID, PAD_ID, TinyMUConfig
 from model.lm.encoder import build_encoder
-from model.lm.prompts import HeardGenre
+from model.lm.prompts import NOTHING_HEARD, HeardGenre
 
 
 class Projector(nn.Module):
@@ -140,17 +140,18 @@ class TinyMU(nn.Module):
         similarity = F.normalize(projected, dim=-1) @ F.normalize(words, dim=-1).T
         return torch.softmax(similarity / self.cfg.audio_vocabulary_temperature, dim=-1) @ words
 
-    def heard_genre(self, audio_tokens: torch.Tensor) -> list[HeardGenre | None]:
+    def heard_genre(self, audio_tokens: torch.Tensor) -> list[HeardGenre]:
         """Encoder tokens [B, T, 3840] -> the genre word the clip context's classifier gives the most
-        probability (cfg.heard_genre_words) and that probability, per clip; None where it names no genre
-        ("none") or the checkpoint has no genre hint. Callers decide how sure is sure enough."""
+        probability (cfg.heard_genre_words) and that probability, per clip; NOTHING_HEARD where it names no
+        genre ("none") or the checkpoint has no genre hint. Callers decide how sure is sure enough."""
         words = self.cfg.heard_genre_words
         if not words:
-            return [None] * audio_tokens.shape[0]
+            return [NOTHING_HEARD] * audio_tokens.shape[0]
         logits = self.projector.context_logits(audio_tokens.to(self.projector.linear1.weight.dtype))
         probs = logits[self.cfg.heard_genre_group].float().softmax(-1)
         best, index = probs.max(-1)
-        return [HeardGenre(words[i], p) if words[i] != "none" else None for p, i in zip(best.tolist(), index.tolist())]
+        return [HeardGenre(words[i], p) if words[i] != "none" else NOTHING_HEARD
+                for p, i in zip(best.tolist(), index.tolist())]
 
     def pooled_embedding(self, wave: torch.Tensor) -> torch.Tensor:
         """Mean of the encoder tokens over time: one vector per clip for similarity search."""

@@ -79,7 +79,7 @@ def score(folder: Path = typer.Option(FOLDER),
     with torch.inference_mode():
         for name, probabilities in sorted(tagged["clips"].items()):
             heard = model.heard_genre(model.encode_audio(torch.from_numpy(load_clip(folder / name))[None]))[0]
-            if heard is not None:
+            if heard.word:  # the classifier names a genre
                 rows.append((tagger_genre(probabilities, tagged["tags"]), GENRE_OF.get(heard.word, heard.word),
                              heard.probability))
     sure = sum(truth is not None for truth, _, _ in rows)
